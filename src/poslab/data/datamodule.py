@@ -1,0 +1,135 @@
+"""Tokenized splits as flat token arrays, served as fixed-length windows."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from poslab.data.corpora import SPLITS, Corpus
+from poslab.data.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Windows(Dataset):
+    """Non-overlapping windows of `length` tokens: item i is (x, y) = tokens[a:a+length],
+    tokens[a+1:a+length+1] with a = i * length. Every token from 1 to len(self)*length is a
+    target exactly once."""
+
+    def __init__(self, tokens: np.ndarray, length: int):
+        if length <= 0:
+            raise ValueError(f"window length must be positive, got {length}")
+        self.tokens = tokens
+        self.length = length
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.length
+
+    def __getitem__(self, i: int):
+        start = i * self.length
+        chunk = torch.from_numpy(self.tokens[start : start + self.length + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+
+class TokenDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        corpus: Corpus,
+        context: int,
+        batch_size: int = 32,
+        eval_batch_size: int = 8,
+        val_tokens: int = 65536,
+        vocab_size: int = 256,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        for key, value in (("context", context), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
+                           ("val_tokens", val_tokens)):
+            if value <= 0:
+                raise ValueError(f"data.{key} must be positive, got {value}")
+        self.corpus = corpus
+        self.tokenizer = ByteTokenizer()
+        if vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"data.vocab_size={vocab_size} does not match the byte tokenizer's 256")
+        self.context = context
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_tokens = val_tokens
+        self.num_workers = num_workers
+        self.tokens: dict[str, np.ndarray] = {}
+        self._fingerprint: dict | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokens:
+            return
+        splits = self.corpus.load()
+        separator = self.corpus.separator
+        tokenizer = self.tokenizer
+
+        def encode(batch):
+            return {"ids": [tokenizer.encode(text + separator) for text in batch["text"]]}
+
+        import datasets
+
+        features = datasets.Features({"ids": datasets.Sequence(datasets.Value("uint8"))})
+        fingerprints = {}
+        for split in SPLITS:
+            encoded = splits[split].map(
+                encode, batched=True, remove_columns=splits[split].column_names, features=features,
+                desc=f"tokenizing {split}",
+            )
+            fingerprints[split] = encoded._fingerprint
+            column = encoded.data.column("ids")
+            parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+            self.tokens[split] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        self._fingerprint = {
+            **self.corpus.fingerprint(),
+            "tokenizer": "bytes",
+            "tokens": {split: int(len(t)) for split, t in self.tokens.items()},
+            "datasets_fingerprint": fingerprints,
+        }
+        if len(self.tokens["train"]) < self.context + 1:
+            raise ValueError(
+                f"data.context={self.context} is longer than the training split "
+                f"({len(self.tokens['train'])} tokens); lower data.context or add data"
+            )
+        if len(self.tokens["validation"]) < self.context + 1:
+            raise ValueError(
+                f"data.context={self.context} is longer than the validation split "
+                f"({len(self.tokens['validation'])} tokens); lower data.context or add data"
+            )
+        log.info("tokens per split: %s", self._fingerprint["tokens"])
+
+    @property
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            raise RuntimeError("call setup() before asking for the data fingerprint")
+        return self._fingerprint
+
+    def heldout_tokens(self, num_tokens: int, max_length: int) -> np.ndarray:
+        """The tokens the extrapolation sweep scores: the first num_tokens of the test split,
+        rounded down to a whole number of windows of the longest eval length, plus one for the
+        last target. Every eval length then scores exactly these tokens."""
+        test = self.tokens["test"]
+        usable = min(num_tokens, len(test) - 1) // max_length * max_length
+        if usable == 0:
+            raise ValueError(
+                f"eval.lengths: the longest eval length {max_length} is longer than the test split "
+                f"({len(test)} tokens); lower eval.lengths or add data"
+            )
+        return test[: usable + 1]
+
+    def _loader(self, dataset, batch_size, shuffle):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=shuffle)
+
+    def train_dataloader(self):
+        return self._loader(Windows(self.tokens["train"], self.context), self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        val = self.tokens["validation"][: self.val_tokens + 1]
+        return self._loader(Windows(val, self.context), self.eval_batch_size, shuffle=False)
