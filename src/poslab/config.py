@@ -1,0 +1,90 @@
+"""Checks that run before anything is built: a bad setting fails in one line that names its key
+and what is allowed, before data is loaded, a logger starts or a file is written."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# conf/ at the repository root (the package is installed in editable mode); POSLAB_CONFIG_DIR
+# points elsewhere, and Hydra's --config-dir adds a folder of your own.
+CONFIG_DIR = os.environ.get("POSLAB_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "conf"))
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work. The message is one line: key, value, what is allowed."""
+
+
+def available(group: str, config_dir: str = CONFIG_DIR) -> list[str]:
+    folder = Path(config_dir) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+_SWEEP_SYNTAX = re.compile(r"^\s*(glob|choice|range|interval|sort|shuffle|tag)\s*\(")
+
+
+def check_group_overrides(overrides: list[str], config_dir: str = CONFIG_DIR) -> None:
+    """`pos_enc=rop` should say which encodings exist. Hydra would also refuse it, but in a
+    multi-line message after start-up; this checks plain `group=a,b` overrides up front."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if not sep or "." in key or "/" in key or _SWEEP_SYNTAX.match(value) or value in ("null", ""):
+            continue
+        names = available(key, config_dir)
+        if not names:
+            continue  # not a config group
+        unknown = [v for v in value.split(",") if v.strip() not in names]
+        if unknown:
+            raise ConfigError(f"{key}={','.join(unknown)}: unknown; available: {', '.join(names)}")
+
+
+def eval_lengths(eval_cfg, context: int) -> list[int]:
+    """Absolute eval lengths: `eval.lengths` if given, else `eval.lengths_x` times the context."""
+    if eval_cfg.get("lengths"):
+        lengths, key = list(eval_cfg.lengths), "eval.lengths"
+    else:
+        lengths, key = [x * context for x in eval_cfg.lengths_x], "eval.lengths_x"
+    if not lengths:
+        raise ConfigError(f"{key} is empty; give at least one eval length")
+    for length in lengths:
+        if not float(length).is_integer() or length <= 0:
+            raise ConfigError(f"{key}: every eval length must be a positive whole number of tokens, got {length}")
+    return sorted({int(length) for length in lengths})
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_train_config(cfg: DictConfig) -> list[int]:
+    """Validate a composed training config; returns the absolute eval lengths."""
+    for key in ("model.net.n_layer", "model.net.n_head", "model.net.n_embd", "data.context", "data.batch_size",
+                "data.eval_batch_size", "eval.num_tokens", "eval.batch_tokens"):
+        _positive(cfg, key)
+    n_embd, n_head = cfg.model.net.n_embd, cfg.model.net.n_head
+    if n_embd % n_head:
+        raise ConfigError(f"model.net.n_head={n_head} must divide model.net.n_embd={n_embd}")
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if not cfg.trainer.get("fast_dev_run") and (max_steps is None or max_steps <= 0):
+        raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+    return check_eval_config(cfg.eval, cfg.data.context)
+
+
+def check_eval_config(eval_cfg, context: int) -> list[int]:
+    from poslab.evaluate import PROTOCOLS
+
+    if eval_cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r}: allowed: {', '.join(PROTOCOLS)}")
+    lengths = eval_lengths(eval_cfg, context)
+    if max(lengths) > eval_cfg.num_tokens:
+        raise ConfigError(
+            f"eval.num_tokens={eval_cfg.num_tokens} is shorter than the longest eval length {max(lengths)}; "
+            "raise eval.num_tokens or lower eval.lengths"
+        )
+    return lengths

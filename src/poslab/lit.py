@@ -1,0 +1,75 @@
+"""LightningModule around the GPT: next-token loss, AdamW with warmup + cosine, logging."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from poslab.model import GPT
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 1/warmup to 1, then cosine decay to min_lr_ratio."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class LitGPT(pl.LightningModule):
+    """Built from plain config dicts (kept as hyperparameters), so a checkpoint rebuilds itself,
+    and the encoding can be swapped at load time: position buffers are not saved."""
+
+    def __init__(self, net: dict, pos_enc: dict, optimizer: dict, scheduler: dict):
+        super().__init__()
+        net, pos_enc, optimizer, scheduler = (_plain(c) for c in (net, pos_enc, optimizer, scheduler))
+        self.save_hyperparameters({"net": net, "pos_enc": pos_enc, "optimizer": optimizer, "scheduler": scheduler})
+        self.model: GPT = instantiate(net, pos_enc=instantiate(pos_enc))
+        # The whole resolved run config, stored in checkpoints so poslab-eval can rebuild the data
+        # and training context; set by the entry point.
+        self.run_config: dict | None = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_config is not None:
+            checkpoint["poslab_config"] = self.run_config
+
+    def forward(self, idx, pos=None):
+        return self.model(idx, pos)
+
+    def _loss(self, batch) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self._loss(batch), prog_bar=True, on_epoch=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        # nanoGPT's rule: decay matrices (2-D), not biases, LayerNorm gains or 1-D parameters
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = instantiate(self.hparams.optimizer)(groups)
+        sched = self.hparams.scheduler
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        warmup = min(int(sched["warmup_steps"]), max(1, total - 1))
+        lr_lambda = lambda step: warmup_cosine(step, warmup, total, float(sched["min_lr_ratio"]))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
