@@ -1,0 +1,132 @@
+"""poslab-eval: score a trained checkpoint at lengths past its training context.
+
+    poslab-eval ckpt_path=outputs/runs/.../checkpoints/last.ckpt
+    poslab-eval ckpt_path=... pos_enc=rope_pi eval.lengths_x='[1,2,4,8,16,32]'
+
+The model, data and training context come from the checkpoint. `pos_enc=` swaps in another
+setting of the same encoding family (position buffers are never saved): RoPE weights can be
+scored under Position Interpolation without retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from poslab.config import CONFIG_DIR, ConfigError, check_eval_config, check_group_overrides
+from poslab.data.corpora import CorpusUnavailableError
+from poslab.evaluate import extrapolation_sweep
+from poslab.lit import LitGPT
+from poslab.results import build_results, write_results
+from poslab.tracking import finish_wandb, format_rows, log_extrapolation, make_loggers
+
+log = logging.getLogger("poslab.eval")
+
+
+def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT, DictConfig]:
+    """The model of a checkpoint, optionally under another encoding config; and its run config."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    if "poslab_config" not in checkpoint:
+        raise ConfigError(f"ckpt_path={ckpt_path}: not a poslab checkpoint (no poslab_config inside)")
+    run_cfg = OmegaConf.create(checkpoint["poslab_config"])
+    hparams = checkpoint["hyper_parameters"]
+    encoding = hparams["pos_enc"]
+    if pos_enc is not None:
+        # resolve the new encoding's interpolations (model width, training context) against the
+        # checkpoint's own config, then use it in place of the trained one
+        with open_dict(run_cfg):
+            run_cfg.pos_enc = OmegaConf.to_container(pos_enc, resolve=False)
+        encoding = OmegaConf.to_container(run_cfg.pos_enc, resolve=True)
+    lit = LitGPT(hparams["net"], encoding, hparams["optimizer"], hparams["scheduler"])
+    try:
+        lit.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(f"pos_enc: the checkpoint's weights do not fit this encoding ({error})".splitlines()[0]) from error
+    return lit, run_cfg
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    lit, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("pos_enc"))
+    context = run_cfg.data.context
+    lengths = check_eval_config(cfg.eval, context)
+    trained_name = run_cfg.pos_enc_name
+    with open_dict(cfg):
+        cfg.pos_enc_name = cfg.pos_enc_name if cfg.get("pos_enc") is not None else trained_name
+    pl.seed_everything(cfg.seed)
+    try:
+        datamodule = instantiate(run_cfg.data)
+        datamodule.setup("test")
+        heldout = datamodule.heldout_tokens(cfg.eval.num_tokens, max(lengths))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lit.to(device)
+    # the checkpoint's config with this evaluation's encoding and eval settings: what was scored
+    scored_config = {**OmegaConf.to_container(run_cfg, resolve=True), "eval": OmegaConf.to_container(cfg.eval),
+                     "pos_enc_name": cfg.pos_enc_name, "ckpt_path": str(cfg.ckpt_path)}
+    loggers = make_loggers(cfg.get("logger"))
+    try:
+        for logger in loggers:
+            logger.log_hyperparams({"config": scored_config, "trained_as": trained_name})
+        rows = extrapolation_sweep(lit.model, heldout, lengths, train_length=context, protocol=cfg.eval.protocol,
+                                   batch_tokens=cfg.eval.batch_tokens, device=device)
+        output_dir = Path(cfg.paths.output_dir)
+        trained = checkpoint_train_figures(cfg.ckpt_path, context, lit)
+        results = build_results(
+            run={"name": f"{cfg.pos_enc_name}-s{run_cfg.seed}", "pos_enc": cfg.pos_enc_name, "seed": run_cfg.seed,
+                 "group": cfg.run_group, "output_dir": str(output_dir), "task": "eval",
+                 "ckpt_path": str(cfg.ckpt_path), "trained_as": trained_name},
+            config=scored_config,
+            data=datamodule.fingerprint,
+            train=trained,
+            extrapolation=[row.to_dict() for row in rows],
+        )
+        path = write_results(results, output_dir)
+        log_extrapolation(loggers, rows)
+        log.info("%s (trained as %s), context %d:\n%s\nwrote %s", cfg.pos_enc_name, trained_name, context,
+                 format_rows(rows), path)
+        return results
+    finally:
+        finish_wandb()
+
+
+def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
+    """What the checkpoint's own results.json says of its training, if it sits in its run folder."""
+    from poslab.results import FILENAME, read_results
+
+    run_results = Path(ckpt_path).resolve().parent.parent / FILENAME
+    train = read_results(run_results)["train"] if run_results.is_file() else {}
+    return {**train, "train_context": context, "parameters": lit.model.num_parameters()}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except (ConfigError, CorpusUnavailableError) as error:
+        log.error("%s", error)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        check_group_overrides(sys.argv[1:])
+    except ConfigError as error:
+        print(f"poslab-eval: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
