@@ -1,0 +1,188 @@
+"""Each encoding against its paper's formula, and the model's attention against plain math."""
+
+import math
+
+import pytest
+import torch
+
+from poslab.encodings import (
+    ALiBi,
+    Learned,
+    LengthNotSupportedError,
+    NoPE,
+    RoPE,
+    RoPEPositionInterpolation,
+    Sinusoidal,
+    alibi_slopes,
+)
+from poslab.model import GPT, CausalSelfAttention, causal_bias
+
+N_EMBD, N_HEAD, CONTEXT = 32, 4, 16
+
+
+def make_encoding(name: str):
+    return {
+        "nope": lambda: NoPE(),
+        "sinusoidal": lambda: Sinusoidal(N_EMBD),
+        "learned": lambda: Learned(N_EMBD, max_length=CONTEXT),
+        "rope": lambda: RoPE(N_EMBD, N_HEAD),
+        "rope_pi": lambda: RoPEPositionInterpolation(N_EMBD, N_HEAD, train_length=CONTEXT),
+        "alibi": lambda: ALiBi(N_HEAD),
+    }[name]()
+
+
+ALL = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+
+
+def tiny_gpt(name: str) -> GPT:
+    torch.manual_seed(0)
+    return GPT(vocab_size=50, n_layer=2, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name)).eval()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes(name):
+    model = tiny_gpt(name)
+    idx = torch.randint(0, 50, (3, CONTEXT))
+    assert model(idx).shape == (3, CONTEXT, 50)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_causality(name):
+    """Changing token t changes no logit before t, and does change logits from t on."""
+    model = tiny_gpt(name)
+    idx = torch.randint(0, 50, (2, CONTEXT))
+    changed = idx.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 50
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+@pytest.mark.parametrize("name", ["rope", "rope_pi"])
+def test_rope_score_depends_only_on_offset(name):
+    enc = make_encoding(name)
+    q, k = torch.randn(1, N_HEAD, 1, N_EMBD // N_HEAD), torch.randn(1, N_HEAD, 1, N_EMBD // N_HEAD)
+
+    def score(m, n):
+        qm, _ = enc.rotate(q, q, torch.tensor([m]))
+        _, kn = enc.rotate(k, k, torch.tensor([n]))
+        return (qm * kn).sum(-1)
+
+    torch.testing.assert_close(score(7, 3), score(12, 8), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(score(3, 3), score(0, 0), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(score(7, 3), score(7, 5))
+
+
+def test_rope_rotation_matches_roformer_formula():
+    """Pair (i, i + d/2) is rotated by pos * base^(-2i/d): a 2-D rotation, norms preserved."""
+    enc = RoPE(N_EMBD, N_HEAD)
+    d = N_EMBD // N_HEAD
+    x = torch.randn(1, 1, 1, d)
+    pos = 5
+    rotated, _ = enc.rotate(x, x, torch.tensor([pos]))
+    for i in range(d // 2):
+        theta = pos * 10000 ** (-2 * i / d)
+        a, b = x[..., i], x[..., i + d // 2]
+        torch.testing.assert_close(rotated[..., i], a * math.cos(theta) - b * math.sin(theta))
+        torch.testing.assert_close(rotated[..., i + d // 2], a * math.sin(theta) + b * math.cos(theta))
+
+
+def test_rope_pi_is_rope_within_training_context():
+    rope, pi = make_encoding("rope"), make_encoding("rope_pi")
+    q, k = torch.randn(2, N_HEAD, CONTEXT, 8), torch.randn(2, N_HEAD, CONTEXT, 8)
+    pos = torch.arange(CONTEXT)
+    for a, b in zip(rope.rotate(q, k, pos), pi.rotate(q, k, pos)):
+        torch.testing.assert_close(a, b)
+
+
+def test_rope_pi_at_scaled_length_is_rope_at_fractional_positions():
+    """PI (arXiv 2306.15595): at length L > L_train, position p is used as p * L_train / L."""
+    rope, pi = make_encoding("rope"), make_encoding("rope_pi")
+    length = 4 * CONTEXT
+    q, k = torch.randn(1, N_HEAD, length, 8), torch.randn(1, N_HEAD, length, 8)
+    pos = torch.arange(length)
+    fractional = pos.double() * CONTEXT / length
+    for a, b in zip(pi.rotate(q, k, pos), rope.rotate(q, k, fractional)):
+        torch.testing.assert_close(a, b)
+    assert pi.scale(length) == 4.0 and pi.scale(CONTEXT // 2) == 1.0
+
+
+def test_alibi_slopes_follow_the_paper():
+    # 8 heads: 2^-1 ... 2^-8
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0**-i for i in range(1, 9)]))
+    # 12 heads: the 8-head slopes, then every other slope of 16 heads: 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5
+    expected_12 = [2.0**-i for i in range(1, 9)] + [2.0 ** -(i + 0.5) for i in range(4)]
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor(expected_12))
+    assert len(alibi_slopes(6)) == 6 and len(alibi_slopes(1)) == 1
+
+
+def test_alibi_bias_depends_only_on_offset():
+    enc = ALiBi(N_HEAD)
+    bias = enc.bias(torch.arange(8), torch.arange(8))  # (H, 8, 8)
+    shifted = enc.bias(torch.arange(100, 108), torch.arange(100, 108))
+    torch.testing.assert_close(bias, shifted)
+    slopes = alibi_slopes(N_HEAD)
+    for i, j in [(5, 2), (7, 0), (3, 3)]:
+        torch.testing.assert_close(bias[:, i, j], -slopes * (i - j))
+
+
+def test_sinusoidal_matches_formula():
+    enc = Sinusoidal(N_EMBD)
+    pos = torch.arange(50)
+    table = enc.table(pos)
+    for p in (0, 1, 17, 49):
+        for i in range(N_EMBD // 2):
+            angle = p / 10000 ** (2 * i / N_EMBD)
+            assert table[p, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
+            assert table[p, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
+    x = torch.randn(1, 50, N_EMBD)
+    torch.testing.assert_close(enc.embed(x, pos), x * math.sqrt(N_EMBD) + table)  # paper, section 3.4
+    unscaled = Sinusoidal(N_EMBD, scale_embeddings=False)
+    torch.testing.assert_close(unscaled.embed(x, pos), x + table)
+
+
+def test_learned_refuses_positions_past_its_table():
+    model = tiny_gpt("learned")
+    model(torch.randint(0, 50, (1, CONTEXT)))
+    with pytest.raises(LengthNotSupportedError, match="max_length=16"):
+        model(torch.randint(0, 50, (1, CONTEXT + 1)))
+
+
+def test_bias_attention_equals_plain_softmax():
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(N_EMBD, N_HEAD, dropout=0.0).eval()
+    enc = ALiBi(N_HEAD)
+    B, T = 2, 12
+    x = torch.randn(B, T, N_EMBD)
+    pos = torch.arange(T)
+    bias = causal_bias(enc.bias(pos, pos)).unsqueeze(0)
+    got = attn(x, pos, enc, bias)
+
+    q, k, v = attn.qkv(x).split(N_EMBD, dim=2)
+    q, k, v = (t.view(B, T, N_HEAD, -1).transpose(1, 2) for t in (q, k, v))
+    mask = torch.ones(T, T).triu(1).bool()
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1)) + enc.bias(pos, pos)
+    y = logits.masked_fill(mask, float("-inf")).softmax(-1) @ v
+    expected = attn.proj(y.transpose(1, 2).reshape(B, T, N_EMBD))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_explicit_offset_positions(name):
+    """Positions are an input: batched (B, T) positions give each row its own offset."""
+    model = tiny_gpt(name)
+    idx = torch.randint(0, 50, (2, 8))
+    pos = torch.stack([torch.arange(8), torch.arange(8) + 4])
+    with torch.no_grad():
+        both = model(idx, pos)
+        first = model(idx[:1], torch.arange(8))
+        second = model(idx[1:], torch.arange(8) + 4)
+    torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_sizes_name_the_key():
+    with pytest.raises(ValueError, match="model.n_head=5 must divide model.n_embd=32"):
+        GPT(vocab_size=10, n_layer=1, n_head=5, n_embd=32)
+    with pytest.raises(ValueError, match="model.n_layer"):
+        GPT(vocab_size=10, n_layer=0, n_head=4, n_embd=32)

@@ -1,0 +1,70 @@
+"""A tiny multirun over every encoding, end to end: results.json per job, an offline wandb run
+per job, and the report written by the Hydra callback when the sweep ends."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ENCODINGS, TINY
+from poslab.report import main as report_main
+from poslab.results import find_results, read_results
+
+
+def run_train(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "WANDB_SILENT": "true", **env}
+    out = subprocess.run([sys.executable, "-m", "poslab.train", *args], cwd=cwd, env=environment,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def test_multirun_over_all_encodings(tmp_path, text_corpus):
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    out = run_train(
+        ["-m", "pos_enc=glob(*)", "data=text_files", f"data.corpus.train={text_corpus}/*.txt", *overrides,
+         "trainer.max_steps=4", "trainer.val_check_interval=4", f"paths.log_dir={tmp_path / 'logs'}",
+         "run_group=test-sweep"],
+        cwd=tmp_path, WANDB_MODE="offline",
+    )
+    (sweep,) = (tmp_path / "logs" / "multirun").iterdir()
+    results = [read_results(p) for p in find_results(sweep)]
+    assert sorted(r["run"]["pos_enc"] for r in results) == ENCODINGS
+    for r in results:
+        run_dir = Path(r["run"]["output_dir"])
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert r["run"]["group"] == "test-sweep" and r["train"]["steps"] == 4
+        rows = {row["eval_length"]: row["status"] for row in r["extrapolation"]}
+        expected = "unsupported" if r["run"]["pos_enc"] == "learned" else "ok"
+        assert rows == {16: "ok", 32: expected, 64: expected}
+
+    report = (sweep / "report.md").read_text()
+    assert (sweep / "extrapolation.png").stat().st_size > 1000
+    for name in ENCODINGS:
+        assert f"| {name} |" in report
+    assert "| learned | " in report and "unsupported" in report
+    assert "| encoding |" in out.stdout  # the table is printed at the end of the sweep
+
+
+def test_report_command_on_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "no results.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quickstart_experiment_runs_shortened(tmp_path):
+    """The main job's own config (experiment=quickstart, the embedded corpus, all six encodings),
+    with training cut to a few steps so that it fits in CI."""
+    run_train(["-m", "experiment=quickstart", "trainer.max_steps=5", "trainer.val_check_interval=5",
+               "eval.num_tokens=4096", f"paths.log_dir={tmp_path}"], cwd=tmp_path, WANDB_MODE="offline")
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    results = [read_results(p) for p in find_results(sweep)]
+    assert sorted(r["run"]["pos_enc"] for r in results) == sorted(
+        ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"])
+    assert all(r["data"]["corpus"] == "python_stdlib" and r["data"]["python"] for r in results)
+    assert (sweep / "report.md").is_file() and (sweep / "extrapolation.png").is_file()

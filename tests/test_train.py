@@ -1,0 +1,121 @@
+"""Training through Hydra's compose API: every encoding end to end, bad input, checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from conftest import ENCODINGS, compose_config
+from poslab.config import ConfigError, check_group_overrides
+from poslab.eval import evaluate
+from poslab.results import read_results
+from poslab.train import train
+
+
+def test_every_shipped_encoding_has_a_config():
+    assert {"nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"} <= set(ENCODINGS)
+
+
+@pytest.mark.parametrize("pos_enc", ENCODINGS)
+def test_fast_dev_run(train_config, pos_enc):
+    cfg = train_config(f"pos_enc={pos_enc}", "debug=fast_dev_run")
+    results = train(cfg)
+    rows = {row["eval_length"]: row for row in results["extrapolation"]}
+    assert rows[16]["status"] == "ok" and rows[16]["tokens_scored"] > 0
+    if pos_enc == "learned":
+        assert rows[32]["status"] == "unsupported" and "max_length=16" in rows[32]["reason"]
+    else:
+        assert rows[32]["status"] == "ok" and rows[32]["tokens_scored"] == rows[16]["tokens_scored"]
+    on_disk = read_results(Path(cfg.paths.output_dir) / "results.json")
+    assert on_disk["run"]["pos_enc"] == pos_enc
+    assert on_disk["data"]["sha256"] and on_disk["data"]["tokens"]["test"] > 0
+    assert on_disk["config"]["pos_enc"]["_target_"].startswith("poslab.encodings.")
+    assert on_disk["train"]["steps"] == 1
+
+
+def test_checkpoint_reloads_under_another_rotary_setting(train_config, tmp_path):
+    """last.ckpt is written; poslab-eval scores it under rope_pi, equal to rope within context."""
+    cfg = train_config("pos_enc=rope", "trainer.max_steps=3", "trainer.val_check_interval=3")
+    trained = train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", "pos_enc=rope_pi", "logger=csv",
+                                       "eval.lengths_x=[1,2,4]", "eval.num_tokens=256",
+                                       "eval.batch_tokens=256"], tmp_path / "eval")
+    scored = evaluate(eval_cfg)
+    assert scored["run"]["pos_enc"] == "rope_pi" and scored["run"]["trained_as"] == "rope"
+    by_length = {r["eval_length"]: r for r in scored["extrapolation"]}
+    trained_rows = {r["eval_length"]: r for r in trained["extrapolation"]}
+    assert by_length[16]["loss"] == pytest.approx(trained_rows[16]["loss"], rel=1e-6)  # scale 1 in context
+    assert by_length[64]["loss"] != pytest.approx(trained_rows[64]["loss"], rel=1e-6)  # interpolated past it
+
+
+def test_unknown_pos_enc_lists_the_available_ones():
+    with pytest.raises(ConfigError) as error:
+        check_group_overrides(["pos_enc=rop"])
+    message = str(error.value)
+    assert "pos_enc=rop" in message and "\n" not in message
+    for name in ENCODINGS:
+        assert name in message
+    check_group_overrides(["pos_enc=rope,alibi", "pos_enc=glob(*)", "model.net.n_head=3", "seed=1"])
+
+
+def test_unknown_pos_enc_on_the_command_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "poslab.train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "pos_enc=rop: unknown; available: alibi, learned, nope" in out.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.net.n_head=3", "model.net.n_head=3 must divide model.net.n_embd=32"),
+        ("model.net.n_embd=0", "model.net.n_embd must be a positive integer, got 0"),
+        ("eval.lengths=[0,16]", "eval.lengths: every eval length must be a positive whole number"),
+        ("eval.lengths_x=[-1,1]", "eval.lengths_x: every eval length must be a positive whole number"),
+        ("data.context=-4", "data.context must be a positive integer, got -4"),
+        ("data.context=100000000 eval.lengths=[16]", "data.context=100000000 is longer than the training split"),
+        ("eval.protocol=sliding", "eval.protocol='sliding': allowed: nonoverlapping"),
+        ("eval.num_tokens=20", "eval.num_tokens=20 is shorter than the longest eval length 64"),
+    ],
+)
+def test_bad_input_fails_before_training(train_config, override, message):
+    cfg = train_config(*override.split())
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    assert not (Path(cfg.paths.output_dir) / "results.json").exists()
+
+
+def test_previous_results_survive_a_failed_run(train_config):
+    cfg = train_config("pos_enc=alibi", "debug=fast_dev_run")
+    train(cfg)
+    results = Path(cfg.paths.output_dir) / "results.json"
+    before = results.read_text()
+    with open_dict(cfg):
+        cfg.model.net.n_head = 5
+    with pytest.raises(ConfigError):
+        train(cfg)
+    assert results.read_text() == before
+    assert json.loads(before)["run"]["pos_enc"] == "alibi"
+
+
+def test_wandb_offline_run_is_written(train_config, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = train_config("pos_enc=alibi", "debug=fast_dev_run", "logger=wandb")
+    with open_dict(cfg):
+        cfg.logger.wandb.mode = "offline"
+    train(cfg)
+    runs = list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    import wandb
+
+    assert wandb.run is None  # finished after the job
+    os.environ.pop("WANDB_RUN_ID", None)
