@@ -39,11 +39,20 @@ def _check_fractions(validation_fraction: float, test_fraction: float, owner: st
 
 
 def split_by_hash(keys: list[str], validation_fraction: float, test_fraction: float) -> dict[str, list[str]]:
+    """Assign each key to train / validation / test by a hash of the key alone. A held-out split
+    that comes out empty (few keys) takes the train key with the smallest hash, so every split
+    has at least one item whenever there are three keys."""
+    fraction = {key: _hash_fraction(key) for key in keys}
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     for key in keys:
-        u = _hash_fraction(key)
+        u = fraction[key]
         name = "test" if u < test_fraction else "validation" if u < test_fraction + validation_fraction else "train"
         splits[name].append(key)
+    for name in ("test", "validation"):
+        if not splits[name] and len(splits["train"]) > 1:
+            key = min(splits["train"], key=fraction.get)
+            splits["train"].remove(key)
+            splits[name].append(key)
     return splits
 
 
@@ -99,7 +108,11 @@ class TextFilesCorpus(Corpus):
         patterns = {"train": train, "validation": validation, "test": test}
         found = {name: self._expand(name, p) for name, p in patterns.items() if p is not None}
         if validation is None:
-            self.files = split_by_hash(found["train"], validation_fraction, test_fraction)
+            # hash paths relative to their common folder: the split must not depend on where the corpus sits
+            root = Path(os.path.commonpath(found["train"])) if len(found["train"]) > 1 else None
+            by_name = split_by_hash([str(Path(f).relative_to(root)) if root else f for f in found["train"]],
+                                    validation_fraction, test_fraction)
+            self.files = {split: [str(root / rel) if root else rel for rel in rels] for split, rels in by_name.items()}
             empty = [name for name, files in self.files.items() if not files]
             if empty:
                 raise ValueError(
