@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # (the project's own range, torch>=2.3, then resolves to a CUDA build).
 TORCH ?= torch==2.13.0
 
-.PHONY: quickstart test test-slow lint clean
+.PHONY: venv quickstart test test-slow lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

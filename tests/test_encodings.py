@@ -92,7 +92,7 @@ def test_rope_pi_is_rope_within_training_context():
     rope, pi = make_encoding("rope"), make_encoding("rope_pi")
     q, k = torch.randn(2, N_HEAD, CONTEXT, 8), torch.randn(2, N_HEAD, CONTEXT, 8)
     pos = torch.arange(CONTEXT)
-    for a, b in zip(rope.rotate(q, k, pos), pi.rotate(q, k, pos)):
+    for a, b in zip(rope.rotate(q, k, pos), pi.rotate(q, k, pos), strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -103,7 +103,7 @@ def test_rope_pi_at_scaled_length_is_rope_at_fractional_positions():
     q, k = torch.randn(1, N_HEAD, length, 8), torch.randn(1, N_HEAD, length, 8)
     pos = torch.arange(length)
     fractional = pos.double() * CONTEXT / length
-    for a, b in zip(pi.rotate(q, k, pos), rope.rotate(q, k, fractional)):
+    for a, b in zip(pi.rotate(q, k, pos), rope.rotate(q, k, fractional), strict=True):
         torch.testing.assert_close(a, b)
     assert pi.scale(length) == 4.0 and pi.scale(CONTEXT // 2) == 1.0
 

@@ -15,23 +15,47 @@ from poslab.results import find_results, read_results
 
 def run_train(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     environment = {**os.environ, "WANDB_SILENT": "true", **env}
-    out = subprocess.run([sys.executable, "-m", "poslab.train", *args], cwd=cwd, env=environment,
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [sys.executable, "-m", "poslab.train", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
 
 def test_multirun_over_all_encodings(tmp_path, text_corpus):
+    """Also: a YAML alone, dropped into a pos_enc/ folder on the config path, joins the sweep."""
+    extra = tmp_path / "my_conf" / "pos_enc"
+    extra.mkdir(parents=True)
+    (extra / "rope_base500.yaml").write_text(
+        "_target_: poslab.encodings.RoPE\nn_embd: ${model.net.n_embd}\nn_head: ${model.net.n_head}\nbase: 500.0\n"
+    )
+    encodings = sorted([*ENCODINGS, "rope_base500"])
     overrides = [o for o in TINY if not o.startswith("logger=")]
     out = run_train(
-        ["-m", "pos_enc=glob(*)", "data=text_files", f"data.corpus.train={text_corpus}/*.txt", *overrides,
-         "trainer.max_steps=4", "trainer.val_check_interval=4", f"paths.log_dir={tmp_path / 'logs'}",
-         "run_group=test-sweep"],
-        cwd=tmp_path, WANDB_MODE="offline",
+        [
+            "-m",
+            f"--config-dir={tmp_path / 'my_conf'}",
+            "pos_enc=glob(*)",
+            "data=text_files",
+            f"data.corpus.train={text_corpus}/*.txt",
+            *overrides,
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "run_group=test-sweep",
+        ],
+        cwd=tmp_path,
+        WANDB_MODE="offline",
     )
     (sweep,) = (tmp_path / "logs" / "multirun").iterdir()
     results = [read_results(p) for p in find_results(sweep)]
-    assert sorted(r["run"]["pos_enc"] for r in results) == ENCODINGS
+    assert sorted(r["run"]["pos_enc"] for r in results) == encodings
+    assert next(r for r in results if r["run"]["pos_enc"] == "rope_base500")["config"]["pos_enc"]["base"] == 500.0
     for r in results:
         run_dir = Path(r["run"]["output_dir"])
         assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
@@ -43,7 +67,7 @@ def test_multirun_over_all_encodings(tmp_path, text_corpus):
 
     report = (sweep / "report.md").read_text()
     assert (sweep / "extrapolation.png").stat().st_size > 1000
-    for name in ENCODINGS:
+    for name in encodings:
         assert f"| {name} |" in report
     assert "| learned | " in report and "unsupported" in report
     assert "| encoding |" in out.stdout  # the table is printed at the end of the sweep
@@ -60,11 +84,22 @@ def test_report_command_on_a_folder_without_results(tmp_path, capsys):
 def test_quickstart_experiment_runs_shortened(tmp_path):
     """The main job's own config (experiment=quickstart, the embedded corpus, all six encodings),
     with training cut to a few steps so that it fits in CI."""
-    run_train(["-m", "experiment=quickstart", "trainer.max_steps=5", "trainer.val_check_interval=5",
-               "eval.num_tokens=4096", f"paths.log_dir={tmp_path}"], cwd=tmp_path, WANDB_MODE="offline")
+    run_train(
+        [
+            "-m",
+            "experiment=quickstart",
+            "trainer.max_steps=5",
+            "trainer.val_check_interval=5",
+            "eval.num_tokens=4096",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        WANDB_MODE="offline",
+    )
     (sweep,) = (tmp_path / "multirun").iterdir()
     results = [read_results(p) for p in find_results(sweep)]
     assert sorted(r["run"]["pos_enc"] for r in results) == sorted(
-        ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"])
+        ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+    )
     assert all(r["data"]["corpus"] == "python_stdlib" and r["data"]["python"] for r in results)
     assert (sweep / "report.md").is_file() and (sweep / "extrapolation.png").is_file()

@@ -43,9 +43,18 @@ def test_checkpoint_reloads_under_another_rotary_setting(train_config, tmp_path)
     trained = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
-    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", "pos_enc=rope_pi", "logger=csv",
-                                       "eval.lengths_x=[1,2,4]", "eval.num_tokens=256",
-                                       "eval.batch_tokens=256"], tmp_path / "eval")
+    eval_cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            "pos_enc=rope_pi",
+            "logger=csv",
+            "eval.lengths_x=[1,2,4]",
+            "eval.num_tokens=256",
+            "eval.batch_tokens=256",
+        ],
+        tmp_path / "eval",
+    )
     scored = evaluate(eval_cfg)
     assert scored["run"]["pos_enc"] == "rope_pi" and scored["run"]["trained_as"] == "rope"
     by_length = {r["eval_length"]: r for r in scored["extrapolation"]}
@@ -64,9 +73,22 @@ def test_unknown_pos_enc_lists_the_available_ones():
     check_group_overrides(["pos_enc=rope,alibi", "pos_enc=glob(*)", "model.net.n_head=3", "seed=1"])
 
 
+def test_group_check_follows_added_config_folders(tmp_path):
+    (tmp_path / "pos_enc").mkdir()
+    (tmp_path / "pos_enc" / "mine.yaml").write_text("_target_: poslab.encodings.NoPE\n")
+    check_group_overrides(["--config-dir", str(tmp_path), "pos_enc=mine"])
+    check_group_overrides([f"--config-dir={tmp_path}", "pos_enc=mine,rope"])
+    with pytest.raises(ConfigError, match="available: alibi, learned, mine, nope"):
+        check_group_overrides(["-cd", str(tmp_path), "pos_enc=yours"])
+
+
 def test_unknown_pos_enc_on_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "poslab.train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "poslab.train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "pos_enc=rop: unknown; available: alibi, learned, nope" in out.stderr
     assert not any(tmp_path.iterdir())  # nothing written

@@ -26,15 +26,34 @@ def available(group: str, config_dir: str = CONFIG_DIR) -> list[str]:
 _SWEEP_SYNTAX = re.compile(r"^\s*(glob|choice|range|interval|sort|shuffle|tag)\s*\(")
 
 
-def check_group_overrides(overrides: list[str], config_dir: str = CONFIG_DIR) -> None:
+def _extra_config_dirs(argv: list[str]) -> list[str] | None:
+    """Config folders added on the command line (--config-dir / -cd); None if the search path is
+    changed in a way this check cannot follow (then Hydra alone checks the names)."""
+    dirs = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            dirs.append(argv[i + 1])
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        elif arg.lstrip("+").startswith("hydra.searchpath"):
+            return None
+    return dirs
+
+
+def check_group_overrides(argv: list[str], config_dir: str = CONFIG_DIR) -> None:
     """`pos_enc=rop` should say which encodings exist. Hydra would also refuse it, but in a
     multi-line message after start-up; this checks plain `group=a,b` overrides up front."""
-    for override in overrides:
+    extra_dirs = _extra_config_dirs(argv)
+    if extra_dirs is None:
+        return
+    for override in argv:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
-        if not sep or "." in key or "/" in key or _SWEEP_SYNTAX.match(value) or value in ("null", ""):
+        if not sep or key.startswith("-") or "." in key or "/" in key or value in ("null", ""):
             continue
-        names = available(key, config_dir)
+        if _SWEEP_SYNTAX.match(value):
+            continue
+        names = sorted({name for folder in (config_dir, *extra_dirs) for name in available(key, folder)})
         if not names:
             continue  # not a config group
         unknown = [v for v in value.split(",") if v.strip() not in names]
@@ -64,8 +83,16 @@ def _positive(cfg: DictConfig, key: str) -> None:
 
 def check_train_config(cfg: DictConfig) -> list[int]:
     """Validate a composed training config; returns the absolute eval lengths."""
-    for key in ("model.net.n_layer", "model.net.n_head", "model.net.n_embd", "data.context", "data.batch_size",
-                "data.eval_batch_size", "eval.num_tokens", "eval.batch_tokens"):
+    for key in (
+        "model.net.n_layer",
+        "model.net.n_head",
+        "model.net.n_embd",
+        "data.context",
+        "data.batch_size",
+        "data.eval_batch_size",
+        "eval.num_tokens",
+        "eval.batch_tokens",
+    ):
         _positive(cfg, key)
     n_embd, n_head = cfg.model.net.n_embd, cfg.model.net.n_head
     if n_embd % n_head:

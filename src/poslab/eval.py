@@ -11,7 +11,6 @@ scored under Position Interpolation without retraining.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -20,8 +19,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poslab.config import CONFIG_DIR, ConfigError, check_eval_config, check_group_overrides
-from poslab.data.corpora import CorpusUnavailableError
+from poslab import cli
+from poslab.cli import exit_on_bad_input
+from poslab.config import CONFIG_DIR, ConfigError, check_eval_config
 from poslab.evaluate import extrapolation_sweep
 from poslab.lit import LitGPT
 from poslab.results import build_results, write_results
@@ -51,7 +51,8 @@ def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT,
     try:
         lit.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
-        raise ConfigError(f"pos_enc: the checkpoint's weights do not fit this encoding ({error})".splitlines()[0]) from error
+        first_line = str(error).splitlines()[0]
+        raise ConfigError(f"pos_enc: the checkpoint's weights do not fit this encoding ({first_line})") from error
     return lit, run_cfg
 
 
@@ -73,20 +74,38 @@ def evaluate(cfg: DictConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     lit.to(device)
     # the checkpoint's config with this evaluation's encoding and eval settings: what was scored
-    scored_config = {**OmegaConf.to_container(run_cfg, resolve=True), "eval": OmegaConf.to_container(cfg.eval),
-                     "pos_enc_name": cfg.pos_enc_name, "ckpt_path": str(cfg.ckpt_path)}
+    scored_config = {
+        **OmegaConf.to_container(run_cfg, resolve=True),
+        "eval": OmegaConf.to_container(cfg.eval),
+        "pos_enc_name": cfg.pos_enc_name,
+        "ckpt_path": str(cfg.ckpt_path),
+    }
     loggers = make_loggers(cfg.get("logger"))
     try:
         for logger in loggers:
             logger.log_hyperparams({"config": scored_config, "trained_as": trained_name})
-        rows = extrapolation_sweep(lit.model, heldout, lengths, train_length=context, protocol=cfg.eval.protocol,
-                                   batch_tokens=cfg.eval.batch_tokens, device=device)
+        rows = extrapolation_sweep(
+            lit.model,
+            heldout,
+            lengths,
+            train_length=context,
+            protocol=cfg.eval.protocol,
+            batch_tokens=cfg.eval.batch_tokens,
+            device=device,
+        )
         output_dir = Path(cfg.paths.output_dir)
         trained = checkpoint_train_figures(cfg.ckpt_path, context, lit)
         results = build_results(
-            run={"name": f"{cfg.pos_enc_name}-s{run_cfg.seed}", "pos_enc": cfg.pos_enc_name, "seed": run_cfg.seed,
-                 "group": cfg.run_group, "output_dir": str(output_dir), "task": "eval",
-                 "ckpt_path": str(cfg.ckpt_path), "trained_as": trained_name},
+            run={
+                "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
+                "pos_enc": cfg.pos_enc_name,
+                "seed": run_cfg.seed,
+                "group": cfg.run_group,
+                "output_dir": str(output_dir),
+                "task": "eval",
+                "ckpt_path": str(cfg.ckpt_path),
+                "trained_as": trained_name,
+            },
             config=scored_config,
             data=datamodule.fingerprint,
             train=trained,
@@ -94,8 +113,14 @@ def evaluate(cfg: DictConfig) -> dict:
         )
         path = write_results(results, output_dir)
         log_extrapolation(loggers, rows)
-        log.info("%s (trained as %s), context %d:\n%s\nwrote %s", cfg.pos_enc_name, trained_name, context,
-                 format_rows(rows), path)
+        log.info(
+            "%s (trained as %s), context %d:\n%s\nwrote %s",
+            cfg.pos_enc_name,
+            trained_name,
+            context,
+            format_rows(rows),
+            path,
+        )
         return results
     finally:
         finish_wandb()
@@ -111,21 +136,13 @@ def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@exit_on_bad_input
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (ConfigError, CorpusUnavailableError) as error:
-        log.error("%s", error)
-        sys.exit(2)
+    evaluate(cfg)
 
 
 def main() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except ConfigError as error:
-        print(f"poslab-eval: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    cli.run("poslab-eval", _hydra_main)
 
 
 if __name__ == "__main__":

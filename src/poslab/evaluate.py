@@ -40,8 +40,9 @@ class ExtrapolationRow:
 
 
 @torch.no_grad()
-def score_windows(model: torch.nn.Module, tokens: np.ndarray, length: int, batch_tokens: int,
-                  device: torch.device | str) -> tuple[float, int]:
+def score_windows(
+    model: torch.nn.Module, tokens: np.ndarray, length: int, batch_tokens: int, device: torch.device | str
+) -> tuple[float, int]:
     """Sum of next-token negative log-likelihoods (nats) over all windows, and the token count."""
     batch_size = max(1, batch_tokens // length)
     loader = DataLoader(Windows(tokens, length), batch_size=batch_size, shuffle=False)
@@ -55,10 +56,17 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, length: int, batch
     return total_nats, count
 
 
-def extrapolation_sweep(model, tokens: np.ndarray, lengths: list[int], train_length: int,
-                        protocol: str = "nonoverlapping", batch_tokens: int = 16384,
-                        device: torch.device | str = "cpu", bytes_per_token: float = 1.0,
-                        progress=None) -> list[ExtrapolationRow]:
+def extrapolation_sweep(
+    model,
+    tokens: np.ndarray,
+    lengths: list[int],
+    train_length: int,
+    protocol: str = "nonoverlapping",
+    batch_tokens: int = 16384,
+    device: torch.device | str = "cpu",
+    bytes_per_token: float = 1.0,
+    progress=None,
+) -> list[ExtrapolationRow]:
     """Score `tokens` at each length. `model` maps (B, T) ids to logits and exposes `pos_enc`.
     Lengths the encoding cannot serve are recorded as unsupported, with the reason."""
     if protocol not in PROTOCOLS:
@@ -68,8 +76,9 @@ def extrapolation_sweep(model, tokens: np.ndarray, lengths: list[int], train_len
     rows = []
     try:
         for length in lengths:
-            row = ExtrapolationRow(eval_length=length, length_ratio=length / train_length, protocol=protocol,
-                                   status="ok")
+            row = ExtrapolationRow(
+                eval_length=length, length_ratio=length / train_length, protocol=protocol, status="ok"
+            )
             try:
                 model.pos_enc.check_length(length)
                 total_nats, count = score_windows(model, tokens, length, batch_tokens, device)

@@ -63,9 +63,12 @@ def summarize(runs: list[dict]) -> dict:
             values = per_cell.get((name, length))
             if values:
                 ratios = [r for _, r in values if r is not None]
-                cells[name][length] = {"status": "ok", "seeds": len(values),
-                                       "ppl": statistics.fmean(p for p, _ in values),
-                                       "ratio": statistics.fmean(ratios) if ratios else None}
+                cells[name][length] = {
+                    "status": "ok",
+                    "seeds": len(values),
+                    "ppl": statistics.fmean(p for p, _ in values),
+                    "ratio": statistics.fmean(ratios) if ratios else None,
+                }
             elif (name, length) in reasons:
                 cells[name][length] = {"status": "unsupported", "reason": reasons[name, length]}
     return {"cells": dict(cells), "lengths": sorted(lengths), "contexts": sorted(contexts)}
@@ -101,7 +104,7 @@ def plot(summary: dict, path: Path) -> None:
     for name, by_length in summary["cells"].items():
         points = sorted((n, c["ppl"]) for n, c in by_length.items() if c["status"] == "ok")
         if points:
-            ax.plot(*zip(*points), marker="o", label=name)
+            ax.plot(*zip(*points, strict=True), marker="o", label=name)
     for context in summary["contexts"]:
         ax.axvline(context, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
@@ -145,8 +148,9 @@ def write_report(root: str | Path) -> Path | None:
         return None
     summary = summarize(runs)
     table = markdown_table(summary)
-    unsupported = sorted({(name, c["reason"]) for name, row in summary["cells"].items() for c in row.values()
-                          if c["status"] != "ok"})
+    unsupported = sorted(
+        {(name, c["reason"]) for name, row in summary["cells"].items() for c in row.values() if c["status"] != "ok"}
+    )
     parts = [
         "# Length extrapolation report",
         "",

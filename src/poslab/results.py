@@ -1,15 +1,15 @@
 """results.json: one schema, written and read here only.
 
-    {
-      "schema": "poslab.results/1",
-      "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created"},
-      "config": the resolved Hydra config,
-      "data":  the corpus fingerprint (files, bytes hash, Python version, tokens per split),
-      "git":   {"commit", "dirty"},
-      "environment": {"python", "torch", "device", "platform"},
-      "train": {"steps", "tokens", "wall_time_s", "tokens_per_s", "parameters", "train_loss", "val_loss"},
-      "extrapolation": [ExtrapolationRow as a dict, one per eval length]
-    }
+{
+  "schema": "poslab.results/1",
+  "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created"},
+  "config": the resolved Hydra config,
+  "data":  the corpus fingerprint (files, bytes hash, Python version, tokens per split),
+  "git":   {"commit", "dirty"},
+  "environment": {"python", "torch", "device", "platform"},
+  "train": {"steps", "tokens", "wall_time_s", "tokens_per_s", "parameters", "train_loss", "val_loss"},
+  "extrapolation": [ExtrapolationRow as a dict, one per eval length]
+}
 """
 
 from __future__ import annotations
@@ -29,10 +29,19 @@ def git_state(cwd: str | Path | None = None) -> dict:
     """The commit the code ran at, and whether the tree had uncommitted changes."""
     where = str(cwd or Path(__file__).resolve().parent)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                check=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=10,
+            ).stdout.strip()
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -42,8 +51,12 @@ def environment() -> dict:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    return {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-            "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "platform": platform.platform(),
+    }
 
 
 def build_results(*, run: dict, config: dict, data: dict, train: dict, extrapolation: list[dict]) -> dict:

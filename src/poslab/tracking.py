@@ -40,8 +40,14 @@ def log_extrapolation(loggers: list[Logger], rows: list[ExtrapolationRow]) -> No
             if row.status != "ok":
                 run.summary[summary_key(row)] = None
                 continue
-            run.log({"extrap/eval_length": row.eval_length, "extrap/loss": row.loss, "extrap/ppl": row.ppl,
-                     "extrap/bpb": row.bpb})
+            run.log(
+                {
+                    "extrap/eval_length": row.eval_length,
+                    "extrap/loss": row.loss,
+                    "extrap/ppl": row.ppl,
+                    "extrap/bpb": row.bpb,
+                }
+            )
             run.summary[summary_key(row)] = row.ppl
             run.summary[summary_key(row, "bpb")] = row.bpb
         table = wandb.Table(columns=ROW_COLUMNS, data=[[getattr(r, c) for c in ROW_COLUMNS] for r in rows])
@@ -62,7 +68,8 @@ def format_rows(rows: list[ExtrapolationRow]) -> str:
     lines = [f"{'length':>7} {'x':>5} {'ppl':>9} {'bpb':>7} {'tokens':>8}  status"]
     for r in rows:
         if r.status == "ok":
-            lines.append(f"{r.eval_length:>7} {r.length_ratio:>5g} {r.ppl:>9.3f} {r.bpb:>7.3f} {r.tokens_scored:>8}  ok")
+            figures = f"{r.ppl:>9.3f} {r.bpb:>7.3f} {r.tokens_scored:>8}"
+            lines.append(f"{r.eval_length:>7} {r.length_ratio:>5g} {figures}  ok")
         else:
             lines.append(f"{r.eval_length:>7} {r.length_ratio:>5g} {'-':>9} {'-':>7} {'-':>8}  {r.status}: {r.reason}")
     return "\n".join(lines)

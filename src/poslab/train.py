@@ -1,13 +1,12 @@
 """poslab-train: train one GPT, then run the extrapolation sweep on it.
 
-    poslab-train pos_enc=alibi data.context=256
-    poslab-train -m pos_enc='glob(*)' seed=0,1,2
+poslab-train pos_enc=alibi data.context=256
+poslab-train -m pos_enc='glob(*)' seed=0,1,2
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from poslab.config import CONFIG_DIR, ConfigError, check_group_overrides, check_train_config
-from poslab.data.corpora import CorpusUnavailableError
+from poslab import cli
+from poslab.cli import exit_on_bad_input
+from poslab.config import CONFIG_DIR, ConfigError, check_train_config
 from poslab.evaluate import extrapolation_sweep
 from poslab.lit import LitGPT
 from poslab.results import build_results, write_results
@@ -50,8 +50,13 @@ def train(cfg: DictConfig) -> dict | None:
     output_dir = Path(cfg.paths.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     lit.run_config = resolved
-    log.info("%s: %d parameters, training context %d, eval lengths %s", cfg.pos_enc_name,
-             lit.model.num_parameters(), cfg.data.context, lengths)
+    log.info(
+        "%s: %d parameters, training context %d, eval lengths %s",
+        cfg.pos_enc_name,
+        lit.model.num_parameters(),
+        cfg.data.context,
+        lengths,
+    )
 
     loggers = make_loggers(cfg.get("logger"))
     try:
@@ -70,26 +75,50 @@ def train(cfg: DictConfig) -> dict | None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         log.info("extrapolation sweep on %d held-out tokens at lengths %s", len(heldout) - 1, lengths)
         rows = extrapolation_sweep(
-            lit.model, heldout, lengths, train_length=cfg.data.context, protocol=cfg.eval.protocol,
-            batch_tokens=cfg.eval.batch_tokens, device=lit.device,
-            progress=lambda row: log.info("  length %d: %s", row.eval_length,
-                                          f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status),
+            lit.model,
+            heldout,
+            lengths,
+            train_length=cfg.data.context,
+            protocol=cfg.eval.protocol,
+            batch_tokens=cfg.eval.batch_tokens,
+            device=lit.device,
+            progress=lambda row: log.info(
+                "  length %d: %s", row.eval_length, f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status
+            ),
         )
         results = build_results(
-            run={"name": f"{cfg.pos_enc_name}-s{cfg.seed}", "pos_enc": cfg.pos_enc_name, "seed": cfg.seed,
-                 "group": cfg.run_group, "output_dir": str(output_dir), "task": "train"},
+            run={
+                "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
+                "pos_enc": cfg.pos_enc_name,
+                "seed": cfg.seed,
+                "group": cfg.run_group,
+                "output_dir": str(output_dir),
+                "task": "train",
+            },
             config=resolved,
             data=datamodule.fingerprint,
-            train={"steps": steps, "tokens": tokens, "wall_time_s": round(wall_time, 2),
-                   "tokens_per_s": round(tokens / wall_time, 1) if wall_time > 0 else None,
-                   "parameters": lit.model.num_parameters(), "train_loss": metrics.get("train/loss"),
-                   "val_loss": metrics.get("val/loss"), "train_context": cfg.data.context},
+            train={
+                "steps": steps,
+                "tokens": tokens,
+                "wall_time_s": round(wall_time, 2),
+                "tokens_per_s": round(tokens / wall_time, 1) if wall_time > 0 else None,
+                "parameters": lit.model.num_parameters(),
+                "train_loss": metrics.get("train/loss"),
+                "val_loss": metrics.get("val/loss"),
+                "train_context": cfg.data.context,
+            },
             extrapolation=[row.to_dict() for row in rows],
         )
         path = write_results(results, output_dir)
         log_extrapolation(loggers, rows)
-        log.info("%s (seed %d), trained at %d:\n%s\nwrote %s", cfg.pos_enc_name, cfg.seed, cfg.data.context,
-                 format_rows(rows), path)
+        log.info(
+            "%s (seed %d), trained at %d:\n%s\nwrote %s",
+            cfg.pos_enc_name,
+            cfg.seed,
+            cfg.data.context,
+            format_rows(rows),
+            path,
+        )
         return results
     finally:
         finish_wandb()
@@ -101,21 +130,13 @@ def _summary(fingerprint: dict) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@exit_on_bad_input
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    except (ConfigError, CorpusUnavailableError) as error:
-        log.error("%s", error)
-        sys.exit(2)
+    train(cfg)
 
 
 def main() -> None:
-    try:
-        check_group_overrides(sys.argv[1:])
-    except ConfigError as error:
-        print(f"poslab-train: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+    cli.run("poslab-train", _hydra_main)
 
 
 if __name__ == "__main__":

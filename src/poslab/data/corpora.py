@@ -110,8 +110,11 @@ class TextFilesCorpus(Corpus):
         if validation is None:
             # hash paths relative to their common folder: the split must not depend on where the corpus sits
             root = Path(os.path.commonpath(found["train"])) if len(found["train"]) > 1 else None
-            by_name = split_by_hash([str(Path(f).relative_to(root)) if root else f for f in found["train"]],
-                                    validation_fraction, test_fraction)
+            by_name = split_by_hash(
+                [str(Path(f).relative_to(root)) if root else f for f in found["train"]],
+                validation_fraction,
+                test_fraction,
+            )
             self.files = {split: [str(root / rel) if root else rel for rel in rels] for split, rels in by_name.items()}
             empty = [name for name, files in self.files.items() if not files]
             if empty:
@@ -125,7 +128,8 @@ class TextFilesCorpus(Corpus):
     @staticmethod
     def _expand(split: str, patterns: str | list[str]) -> list[str]:
         patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-        files = sorted({str(Path(f).resolve()) for p in patterns for f in glob.glob(os.path.expanduser(p), recursive=True)})
+        matches = (f for p in patterns for f in glob.glob(os.path.expanduser(p), recursive=True))
+        files = sorted({str(Path(f).resolve()) for f in matches})
         files = [f for f in files if os.path.isfile(f)]
         if not files:
             raise ValueError(f"data.corpus.{split}: no file matches {patterns}")
@@ -145,7 +149,7 @@ class TextFilesCorpus(Corpus):
         listing = {}
         for split in SPLITS:
             listing[split] = [str(Path(f).relative_to(root)) for f in self.files[split]]
-            for path, rel in zip(self.files[split], listing[split]):
+            for path, rel in zip(self.files[split], listing[split], strict=True):
                 data = Path(path).read_bytes()
                 total_bytes += len(data)
                 digest.update(f"{split}\0{rel}\0{len(data)}\0".encode())
@@ -231,7 +235,8 @@ class HubCorpus(Corpus):
             loaded = datasets.load_dataset(self.path, self.config_name, cache_dir=self.cache_dir)
         except (ConnectionError, OSError, FileNotFoundError, ValueError) as error:
             if offline:
-                raise CorpusUnavailableError(self._offline_help(f"HF_HUB_OFFLINE=1 and no cached copy: {error}")) from error
+                why = f"HF_HUB_OFFLINE=1 and no cached copy: {error}"
+                raise CorpusUnavailableError(self._offline_help(why)) from error
             raise
         missing = [s for s in SPLITS if s not in loaded]
         if missing:

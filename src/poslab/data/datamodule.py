@@ -47,8 +47,12 @@ class TokenDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        for key, value in (("context", context), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size),
-                           ("val_tokens", val_tokens)):
+        for key, value in (
+            ("context", context),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+            ("val_tokens", val_tokens),
+        ):
             if value <= 0:
                 raise ValueError(f"data.{key} must be positive, got {value}")
         self.corpus = corpus
@@ -79,7 +83,10 @@ class TokenDataModule(pl.LightningDataModule):
         fingerprints = {}
         for split in SPLITS:
             encoded = splits[split].map(
-                encode, batched=True, remove_columns=splits[split].column_names, features=features,
+                encode,
+                batched=True,
+                remove_columns=splits[split].column_names,
+                features=features,
                 desc=f"tokenizing {split}",
             )
             fingerprints[split] = encoded._fingerprint
@@ -124,8 +131,9 @@ class TokenDataModule(pl.LightningDataModule):
         return test[: usable + 1]
 
     def _loader(self, dataset, batch_size, shuffle):
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=shuffle)
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, drop_last=shuffle
+        )
 
     def train_dataloader(self):
         return self._loader(Windows(self.tokens["train"], self.context), self.batch_size, shuffle=True)
