@@ -99,21 +99,32 @@ def plot(summary: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, by_length in summary["cells"].items():
+    markers = "osD^vP*Xh<>p"
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for i, (name, by_length) in enumerate(summary["cells"].items()):
         points = sorted((n, c["ppl"]) for n, c in by_length.items() if c["status"] == "ok")
+        unsupported = sorted(n for n, c in by_length.items() if c["status"] != "ok")
+        label = name + (f" (no value from {unsupported[0]})" if unsupported else "")
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=name)
+            # distinct markers and slight transparency keep coinciding runs (rope_pi = rope in context) visible
+            ax.plot(*zip(*points, strict=True), marker=markers[i % len(markers)], markersize=7, alpha=0.85,
+                    label=label)
     for context in summary["contexts"]:
         ax.axvline(context, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(summary["lengths"])
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("eval length (tokens)")
-    ax.set_ylabel("perplexity (held-out, per byte)")
+    ax.set_ylabel("perplexity per byte (held-out)")
     ax.set_title("Length extrapolation (dotted: training context)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -148,9 +159,12 @@ def write_report(root: str | Path) -> Path | None:
         return None
     summary = summarize(runs)
     table = markdown_table(summary)
-    unsupported = sorted(
-        {(name, c["reason"]) for name, row in summary["cells"].items() for c in row.values() if c["status"] != "ok"}
-    )
+    unsupported = [
+        (name, cell["reason"])
+        for name, row in summary["cells"].items()
+        for _, cell in sorted(row.items())
+        if cell["status"] != "ok"
+    ]
     parts = [
         "# Length extrapolation report",
         "",
