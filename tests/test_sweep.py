@@ -109,9 +109,21 @@ def test_quickstart_experiment_runs_shortened(tmp_path):
 def test_ddp_on_two_cpu_processes(tmp_path, text_corpus):
     """Lightning DDP (gloo, 2 processes) trains, and rank 0 alone evaluates and writes results."""
     overrides = [o for o in TINY if not o.startswith("eval.")]
-    run_train(["trainer=ddp", "trainer.accelerator=cpu", "data=text_files", f"data.corpus.train={text_corpus}/*.txt",
-               *overrides, "eval.lengths_x=[1,2]", "eval.num_tokens=256", "trainer.max_steps=4",
-               "trainer.val_check_interval=4", f"paths.log_dir={tmp_path}"], cwd=tmp_path)
+    run_train(
+        [
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "data=text_files",
+            f"data.corpus.train={text_corpus}/*.txt",
+            *overrides,
+            "eval.lengths_x=[1,2]",
+            "eval.num_tokens=256",
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
     (result,) = [read_results(p) for p in find_results(tmp_path)]
     assert result["train"]["steps"] == 4
     assert result["train"]["tokens"] == 4 * 4 * 16 * 2  # steps x batch x context x world size

@@ -109,8 +109,7 @@ def plot(summary: dict, path: Path) -> None:
         label = name + (f" (no value from {unsupported[0]})" if unsupported else "")
         if points:
             # distinct markers and slight transparency keep coinciding runs (rope_pi = rope in context) visible
-            ax.plot(*zip(*points, strict=True), marker=markers[i % len(markers)], markersize=7, alpha=0.85,
-                    label=label)
+            ax.plot(*zip(*points, strict=True), marker=markers[i % len(markers)], markersize=7, alpha=0.85, label=label)
     for context in summary["contexts"]:
         ax.axvline(context, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
