@@ -105,6 +105,8 @@ def test_unknown_pos_enc_on_the_command_line(tmp_path):
         ("data.context=100000000 eval.lengths=[16]", "data.context=100000000 is longer than the training split"),
         ("eval.protocol=sliding", "eval.protocol='sliding': allowed: nonoverlapping"),
         ("eval.num_tokens=20", "eval.num_tokens=20 is shorter than the longest eval length 64"),
+        ("pos_enc=learned pos_enc.max_length=8", "data.context=16 cannot be trained with pos_enc: Learned has"),
+        ("pos_enc=rope model.net.n_embd=30 model.net.n_head=2", "rotary encodings need an even head size"),
     ],
 )
 def test_bad_input_fails_before_training(train_config, override, message):

@@ -35,6 +35,10 @@ def build(cfg: DictConfig):
         datamodule.setup("fit")
         heldout = datamodule.heldout_tokens(cfg.eval.num_tokens, max(lengths))
         lit = LitGPT(cfg.model.net, cfg.pos_enc, cfg.model.optimizer, cfg.model.scheduler)
+        try:
+            lit.model.pos_enc.check_length(cfg.data.context)
+        except ValueError as error:  # training must fit the encoding; evaluation lengths may not
+            raise ValueError(f"data.context={cfg.data.context} cannot be trained with pos_enc: {error}") from error
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise ConfigError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from error
