@@ -84,7 +84,7 @@ def test_group_check_follows_added_config_folders(tmp_path):
 
 def test_unknown_pos_enc_on_the_command_line(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "poslab.train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
+        [Path(sys.executable).parent / "poslab-train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -137,13 +137,9 @@ def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 @exit_on_bad_input
-def _hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
-def main() -> None:
-    cli.run("poslab-eval", _hydra_main)
-
-
 if __name__ == "__main__":
-    main()
+    cli.eval_main()

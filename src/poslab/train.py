@@ -135,13 +135,9 @@ def _summary(fingerprint: dict) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @exit_on_bad_input
-def _hydra_main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     train(cfg)
 
 
-def main() -> None:
-    cli.run("poslab-train", _hydra_main)
-
-
 if __name__ == "__main__":
-    main()
+    cli.train_main()
