@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import open_dict
 
 from conftest import ENCODINGS, compose_config
@@ -39,10 +40,10 @@ def test_fast_dev_run(train_config, pos_enc):
 
 def test_checkpoint_reloads_under_another_rotary_setting(train_config, tmp_path):
     """last.ckpt is written; poslab-eval scores it under rope_pi, equal to rope within context."""
-    cfg = train_config("pos_enc=rope", "trainer.max_steps=3", "trainer.val_check_interval=3")
+    cfg = train_config("pos_enc=rope", "trainer.max_steps=5", "trainer.val_check_interval=3")
     trained = train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 5  # the final weights, not step 3
     eval_cfg = compose_config(
         "eval",
         [

@@ -71,6 +71,11 @@ def train(cfg: DictConfig) -> dict | None:
         started = time.perf_counter()
         trainer.fit(lit, datamodule=datamodule)
         wall_time = time.perf_counter() - started
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run:
+            # ModelCheckpoint saves every n steps only; last.ckpt must hold the final weights
+            # (called on every rank: Lightning writes from rank 0)
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
         if not trainer.is_global_zero:
             return None
 
