@@ -22,10 +22,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poslab import cli
 from poslab.cli import exit_on_bad_input
 from poslab.config import CONFIG_DIR, ConfigError, check_eval_config
-from poslab.evaluate import extrapolation_sweep
 from poslab.lit import LitGPT
-from poslab.results import build_results, write_results
-from poslab.tracking import finish_wandb, format_rows, log_extrapolation, make_loggers
+from poslab.results import FILENAME, read_results
+from poslab.tracking import finish_wandb, make_loggers, score_and_record
 
 log = logging.getLogger("poslab.eval")
 
@@ -84,52 +83,35 @@ def evaluate(cfg: DictConfig) -> dict:
     try:
         for logger in loggers:
             logger.log_hyperparams({"config": scored_config, "trained_as": trained_name})
-        rows = extrapolation_sweep(
+        return score_and_record(
             lit.model,
             heldout,
             lengths,
             train_length=context,
-            protocol=cfg.eval.protocol,
-            batch_tokens=cfg.eval.batch_tokens,
+            eval_cfg=cfg.eval,
             device=device,
-        )
-        output_dir = Path(cfg.paths.output_dir)
-        trained = checkpoint_train_figures(cfg.ckpt_path, context, lit)
-        results = build_results(
+            loggers=loggers,
             run={
                 "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
                 "pos_enc": cfg.pos_enc_name,
                 "seed": run_cfg.seed,
                 "group": cfg.run_group,
-                "output_dir": str(output_dir),
+                "output_dir": str(Path(cfg.paths.output_dir)),
                 "task": "eval",
                 "ckpt_path": str(cfg.ckpt_path),
                 "trained_as": trained_name,
             },
             config=scored_config,
             data=datamodule.fingerprint,
-            train=trained,
-            extrapolation=[row.to_dict() for row in rows],
+            train=checkpoint_train_figures(cfg.ckpt_path, context, lit),
+            output_dir=Path(cfg.paths.output_dir),
         )
-        path = write_results(results, output_dir)
-        log_extrapolation(loggers, rows)
-        log.info(
-            "%s (trained as %s), context %d:\n%s\nwrote %s",
-            cfg.pos_enc_name,
-            trained_name,
-            context,
-            format_rows(rows),
-            path,
-        )
-        return results
     finally:
         finish_wandb()
 
 
 def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
     """What the checkpoint's own results.json says of its training, if it sits in its run folder."""
-    from poslab.results import FILENAME, read_results
-
     run_results = Path(ckpt_path).resolve().parent.parent / FILENAME
     train = read_results(run_results)["train"] if run_results.is_file() else {}
     return {**train, "train_context": context, "parameters": lit.model.num_parameters()}

@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-from poslab.evaluate import ExtrapolationRow
+from poslab.evaluate import ExtrapolationRow, extrapolation_sweep
+from poslab.results import build_results, write_results
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,42 @@ def format_rows(rows: list[ExtrapolationRow]) -> str:
         else:
             lines.append(f"{r.eval_length:>7} {r.length_ratio:>5g} {'-':>9} {'-':>7} {'-':>8}  {r.status}: {r.reason}")
     return "\n".join(lines)
+
+
+def score_and_record(
+    model,
+    heldout,
+    lengths: list[int],
+    *,
+    train_length: int,
+    eval_cfg,
+    device,
+    loggers: list[Logger],
+    run: dict,
+    config: dict,
+    data: dict,
+    train: dict,
+    output_dir,
+) -> dict:
+    """The end of every job, trained or loaded: the extrapolation sweep, results.json in the run
+    folder, the same rows to wandb, and the table on the console. Returns the results."""
+    log.info("extrapolation sweep on %d held-out tokens at lengths %s", len(heldout) - 1, lengths)
+    rows = extrapolation_sweep(
+        model,
+        heldout,
+        lengths,
+        train_length=train_length,
+        protocol=eval_cfg.protocol,
+        batch_tokens=eval_cfg.batch_tokens,
+        device=device,
+        progress=lambda row: log.info(
+            "  length %d: %s", row.eval_length, f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status
+        ),
+    )
+    results = build_results(
+        run=run, config=config, data=data, train=train, extrapolation=[row.to_dict() for row in rows]
+    )
+    path = write_results(results, output_dir)
+    log_extrapolation(loggers, rows)
+    log.info("%s, trained at %d:\n%s\nwrote %s", run["name"], train_length, format_rows(rows), path)
+    return results

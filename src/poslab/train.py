@@ -19,10 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from poslab import cli
 from poslab.cli import exit_on_bad_input
 from poslab.config import CONFIG_DIR, ConfigError, check_train_config
-from poslab.evaluate import extrapolation_sweep
 from poslab.lit import LitGPT
-from poslab.results import build_results, write_results
-from poslab.tracking import finish_wandb, format_rows, log_extrapolation, make_loggers
+from poslab.tracking import finish_wandb, make_loggers, score_and_record
 
 log = logging.getLogger("poslab.train")
 
@@ -82,20 +80,14 @@ def train(cfg: DictConfig) -> dict | None:
         steps = trainer.global_step
         tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        log.info("extrapolation sweep on %d held-out tokens at lengths %s", len(heldout) - 1, lengths)
-        rows = extrapolation_sweep(
+        return score_and_record(
             lit.model,
             heldout,
             lengths,
             train_length=cfg.data.context,
-            protocol=cfg.eval.protocol,
-            batch_tokens=cfg.eval.batch_tokens,
+            eval_cfg=cfg.eval,
             device=lit.device,
-            progress=lambda row: log.info(
-                "  length %d: %s", row.eval_length, f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status
-            ),
-        )
-        results = build_results(
+            loggers=loggers,
             run={
                 "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
                 "pos_enc": cfg.pos_enc_name,
@@ -116,19 +108,8 @@ def train(cfg: DictConfig) -> dict | None:
                 "val_loss": metrics.get("val/loss"),
                 "train_context": cfg.data.context,
             },
-            extrapolation=[row.to_dict() for row in rows],
+            output_dir=output_dir,
         )
-        path = write_results(results, output_dir)
-        log_extrapolation(loggers, rows)
-        log.info(
-            "%s (seed %d), trained at %d:\n%s\nwrote %s",
-            cfg.pos_enc_name,
-            cfg.seed,
-            cfg.data.context,
-            format_rows(rows),
-            path,
-        )
-        return results
     finally:
         finish_wandb()
 
