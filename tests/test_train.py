@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from conftest import ENCODINGS, compose_config
 from poslab.config import ConfigError, check_group_overrides
-from poslab.eval import evaluate
+from poslab.eval_checkpoint import evaluate
 from poslab.results import read_results
 from poslab.train import train
 
@@ -79,7 +79,7 @@ def test_group_check_follows_added_config_folders(tmp_path):
     (tmp_path / "pos_enc" / "mine.yaml").write_text("_target_: poslab.encodings.NoPE\n")
     check_group_overrides(["--config-dir", str(tmp_path), "pos_enc=mine"])
     check_group_overrides([f"--config-dir={tmp_path}", "pos_enc=mine,rope"])
-    with pytest.raises(ConfigError, match="available: alibi, learned, mine, nope"):
+    with pytest.raises(ConfigError, match="available: .*learned, mine, nope"):
         check_group_overrides(["-cd", str(tmp_path), "pos_enc=yours"])
 
 
@@ -91,7 +91,7 @@ def test_unknown_pos_enc_on_the_command_line(tmp_path):
         timeout=120,
     )
     assert out.returncode == 2
-    assert "pos_enc=rop: unknown; available: alibi, learned, nope" in out.stderr
+    assert f"pos_enc=rop: unknown; available: {', '.join(ENCODINGS)}" in out.stderr
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,6 +17,45 @@ CONFIG_DIR = os.environ.get("POSLAB_CONFIG_DIR", str(Path(__file__).resolve().pa
 
 class ConfigError(ValueError):
     """A setting that cannot work. The message is one line: key, value, what is allowed."""
+
+
+def _unique_suffix() -> str:
+    """A few random hex digits for run-folder names: two runs started in the same second (two
+    shells, an array job) never share a folder. Cached per config like Hydra's own `now`."""
+    return secrets.token_hex(3)
+
+
+def checkpoint_run_name(ckpt_path: str) -> str:
+    """The run folder a checkpoint belongs to (RUN/checkpoints/last.ckpt -> RUN's name)."""
+    path = Path(str(ckpt_path)).expanduser().resolve()
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+
+
+def _trained_encoding(choice: str | None, ckpt_path: str) -> str:
+    """poslab-eval's encoding name: the `pos_enc=` given, else the one the checkpoint was trained
+    with (read from its run folder's saved config; "trained" when the checkpoint sits elsewhere)."""
+    if choice:
+        return choice
+    run_config = Path(str(ckpt_path)).expanduser().resolve().parent.parent / ".hydra" / "config.yaml"
+    if run_config.is_file():
+        name = OmegaConf.load(run_config).get("pos_enc_name")
+        if isinstance(name, str) and name:
+            return name
+    return "trained"
+
+
+def register_resolvers() -> None:
+    """Resolvers used in conf/hydra and conf/eval.yaml; registered before Hydra composes."""
+    for name, function in (
+        ("poslab.unique", _unique_suffix),
+        ("poslab.checkpoint_run", checkpoint_run_name),
+        ("poslab.trained_encoding", _trained_encoding),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function, use_cache=True)
+
+
+register_resolvers()
 
 
 def available(group: str, config_dir: str = CONFIG_DIR) -> list[str]:
@@ -81,31 +121,60 @@ def _positive(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
 
 
-def check_train_config(cfg: DictConfig) -> list[int]:
-    """Validate a composed training config; returns the absolute eval lengths."""
-    for key in (
-        "model.net.n_layer",
-        "model.net.n_head",
-        "model.net.n_embd",
-        "data.context",
-        "data.batch_size",
-        "data.eval_batch_size",
-        "eval.num_tokens",
-        "eval.batch_tokens",
-    ):
+def check_model_config(cfg: DictConfig) -> None:
+    """The GPT's sizes; the one place they are checked (the classes trust them)."""
+    for key in ("model.net.vocab_size", "model.net.n_layer", "model.net.n_head", "model.net.n_embd"):
         _positive(cfg, key)
     n_embd, n_head = cfg.model.net.n_embd, cfg.model.net.n_head
     if n_embd % n_head:
         raise ConfigError(f"model.net.n_head={n_head} must divide model.net.n_embd={n_embd}")
-    max_steps = cfg.trainer.get("max_steps", -1)
-    if not cfg.trainer.get("fast_dev_run") and (max_steps is None or max_steps <= 0):
-        raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+    dropout = cfg.model.net.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.net.dropout must be in [0, 1), got {dropout!r}")
+
+
+def check_trainer_config(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    if not trainer.get("fast_dev_run"):
+        max_steps = trainer.get("max_steps", -1)
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
+            raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+        _positive(cfg, "trainer.val_check_interval")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator}: no CUDA device here (torch {torch.__version__}); "
+                "use trainer.accelerator=cpu, or a CUDA build of torch on a GPU machine"
+            )
+    elif accelerator not in ("cpu", "auto", "mps"):
+        raise ConfigError(f"trainer.accelerator={accelerator}: allowed: auto, cpu, gpu")
+
+
+def check_train_config(cfg: DictConfig) -> list[int]:
+    """Validate a composed training config; returns the absolute eval lengths. Every key is
+    checked here once, and the message names it as it is written on the command line."""
+    if "ckpt_path" in cfg:
+        raise ConfigError(
+            "ckpt_path is not a training setting: to continue a killed run use `poslab-train resume=RUN_DIR`; "
+            "to score a checkpoint use `poslab-eval ckpt_path=...`"
+        )
+    check_model_config(cfg)
+    for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
+        _positive(cfg, key)
+    check_trainer_config(cfg)
     return check_eval_config(cfg.eval, cfg.data.context)
 
 
 def check_eval_config(eval_cfg, context: int) -> list[int]:
     from poslab.evaluate import PROTOCOLS
 
+    for key in ("num_tokens", "batch_tokens"):
+        value = eval_cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"eval.{key} must be a positive integer, got {value!r}")
     if eval_cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"eval.protocol={eval_cfg.protocol!r}: allowed: {', '.join(PROTOCOLS)}")
     lengths = eval_lengths(eval_cfg, context)

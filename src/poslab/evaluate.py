@@ -27,7 +27,7 @@ class ExtrapolationRow:
     eval_length: int
     length_ratio: float  # eval_length / training context
     protocol: str
-    status: str  # "ok" or "unsupported"
+    status: str  # "ok", "unsupported" (the encoding has no positions this far), "non_finite", "out_of_memory"
     reason: str | None = None
     tokens_scored: int = 0
     bytes_scored: int = 0
@@ -64,11 +64,11 @@ def extrapolation_sweep(
     protocol: str = "nonoverlapping",
     batch_tokens: int = 16384,
     device: torch.device | str = "cpu",
-    bytes_per_token: float = 1.0,
     progress=None,
 ) -> list[ExtrapolationRow]:
     """Score `tokens` at each length. `model` maps (B, T) ids to logits and exposes `pos_enc`.
-    Lengths the encoding cannot serve are recorded as unsupported, with the reason."""
+    Lengths the encoding cannot serve are recorded as unsupported, with the reason; a length whose
+    loss is not finite, or that does not fit in memory, is recorded as such and the sweep goes on."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"eval.protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
     was_training = model.training
@@ -84,12 +84,20 @@ def extrapolation_sweep(
                 total_nats, count = score_windows(model, tokens, length, batch_tokens, device)
             except LengthNotSupportedError as error:
                 row.status, row.reason = "unsupported", str(error)
+            except torch.OutOfMemoryError as error:
+                row.status, row.reason = "out_of_memory", str(error).splitlines()[0]
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
             else:
                 row.tokens_scored = count
-                row.bytes_scored = int(round(count * bytes_per_token))
-                row.loss = total_nats / count
-                row.ppl = math.exp(row.loss)
-                row.bpb = total_nats / (math.log(2) * row.bytes_scored)
+                row.bytes_scored = count  # byte-level tokens
+                if math.isfinite(total_nats):
+                    row.loss = total_nats / count
+                    row.ppl = math.exp(row.loss) if row.loss < 700 else math.inf
+                    row.bpb = total_nats / (math.log(2) * row.bytes_scored)
+                if not (math.isfinite(total_nats) and math.isfinite(row.ppl)):
+                    row.status, row.reason = "non_finite", f"the mean loss is {total_nats / count} nats per token"
+                    row.loss = row.ppl = row.bpb = None
             rows.append(row)
             if progress is not None:
                 progress(row)

@@ -14,6 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from poslab.model import GPT
 
 
+class DivergedError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"training diverged: the loss is {loss} at step {step}")
+        self.step = step
+        self.loss = loss
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warmup from 1/warmup to 1, then cosine decay to min_lr_ratio."""
     if step < warmup_steps:
@@ -53,6 +62,9 @@ class LitGPT(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            # stop now: every later step, checkpoint and score would be NaN reported as numbers
+            raise DivergedError(step=self.global_step + 1, loss=loss.item())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
 

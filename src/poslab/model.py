@@ -88,12 +88,8 @@ class GPT(nn.Module):
         dropout: float = 0.0,
         pos_enc: PositionalEncoding | None = None,
     ):
+        # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
-        for key, value in (("vocab_size", vocab_size), ("n_layer", n_layer), ("n_head", n_head), ("n_embd", n_embd)):
-            if value <= 0:
-                raise ValueError(f"model.{key} must be positive, got {value}")
-        if n_embd % n_head:
-            raise ValueError(f"model.n_head={n_head} must divide model.n_embd={n_embd}")
         self.pos_enc = pos_enc if pos_enc is not None else NoPE()
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.drop = nn.Dropout(dropout)

@@ -1,28 +1,110 @@
 """results.json: one schema, written and read here only.
 
 {
-  "schema": "poslab.results/1",
-  "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created"},
-  "config": the resolved Hydra config,
-  "data":  the corpus fingerprint (files, bytes hash, Python version, tokens per split),
+  "schema": "poslab.results/2",
+  "status": "ok" | "failed" | "diverged",     what happened to the job as a whole
+  "error":  null | one line,                   why it failed or diverged
+  "traceback": null | "traceback.txt",         the full traceback, a file beside this one
+  "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created", "task": "train" | "eval",
+            eval runs also "ckpt_path", "checkpoint_run", "trained_as", "variant";
+            "resumed_from_step" when a killed run was continued; "reused_at" when a rerun sweep
+            found this job done and kept it},
+  "config": the resolved Hydra config (for a job that failed before it resolved: as composed),
+  "data":  the corpus fingerprint (files, bytes hash, Python version, tokens per split) or null,
   "git":   {"commit", "dirty"},
   "environment": {"python", "torch", "device", "platform"},
-  "train": {"steps", "tokens", "wall_time_s", "tokens_per_s", "parameters", "train_loss", "val_loss"},
-  "extrapolation": [ExtrapolationRow as a dict, one per eval length]
+  "train": {"steps", "tokens", "wall_time_s", "tokens_per_s", "parameters", "train_loss",
+            "val_loss", "train_context", "diverged_at_step"},
+  "extrapolation": [one row per eval length: eval_length, length_ratio, protocol, status
+                    ("ok" | "unsupported" | "non_finite" | "out_of_memory"), reason,
+                    tokens_scored, bytes_scored, loss, ppl, bpb]
 }
+
+Strict JSON: a non-finite number is written as null (its row or job says why), never as NaN.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import subprocess
 from pathlib import Path
 
-SCHEMA = "poslab.results/1"
+SCHEMA = "poslab.results/2"
+READABLE_SCHEMAS = ("poslab.results/1", SCHEMA)
 FILENAME = "results.json"
+TRACEBACK_FILENAME = "traceback.txt"
+STATUSES = ("ok", "failed", "diverged")
+
+# Config keys that only label, place or display a run: two runs that differ in nothing else are
+# the same experiment (seeds are compared separately). A key matches itself and everything below it.
+LABEL_KEYS = (
+    "run_group",
+    "tags",
+    "task_name",
+    "report_note",
+    "paths",
+    "logger",
+    "callbacks.model_checkpoint.dirpath",
+    "callbacks.progress_bar",
+    "callbacks.learning_rate_monitor",
+    "ckpt_path",
+    "resume",
+    "data.num_workers",
+    "data.corpus.cache_dir",
+    "eval.batch_tokens",
+    "trainer.default_root_dir",
+    "trainer.enable_model_summary",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+)
+
+
+# The seed, and the keys that follow it (the order of the training windows)
+SEED_KEYS = ("seed", "data.seed")
+
+
+def flatten(config: dict | None, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _is_label(key: str, ignore_seed: bool) -> bool:
+    keys = (*LABEL_KEYS, *SEED_KEYS) if ignore_seed else LABEL_KEYS
+    return any(key == label or key.startswith(label + ".") for label in keys)
+
+
+def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
+    """The flattened config without the keys that only label a run (and without the seed unless
+    asked): runs with equal comparable configs are the same experiment."""
+    return {k: v for k, v in flatten(config).items() if not _is_label(k, ignore_seed)}
+
+
+def config_differences(a: dict | None, b: dict | None, ignore_seed: bool = True) -> list[str]:
+    """Dotted keys whose values differ between two configs, labels left out."""
+    flat_a, flat_b = comparable_config(a, ignore_seed), comparable_config(b, ignore_seed)
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, "<absent>") != flat_b.get(k, "<absent>"))
+
+
+def finite_or_none(value):
+    """Replace non-finite floats (NaN, inf) by None, recursively: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def git_state(cwd: str | Path | None = None) -> dict:
@@ -59,32 +141,63 @@ def environment() -> dict:
     }
 
 
-def build_results(*, run: dict, config: dict, data: dict, train: dict, extrapolation: list[dict]) -> dict:
+def build_results(
+    *,
+    run: dict,
+    config: dict | None,
+    data: dict | None,
+    train: dict | None,
+    extrapolation: list[dict],
+    status: str = "ok",
+    error: str | None = None,
+    traceback_file: str | None = None,
+) -> dict:
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     return {
         "schema": SCHEMA,
+        "status": status,
+        "error": error,
+        "traceback": traceback_file,
         "run": {**run, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         "config": config,
         "data": data,
         "git": git_state(),
         "environment": environment(),
-        "train": train,
+        "train": train or {},
         "extrapolation": extrapolation,
     }
 
 
-def write_results(results: dict, output_dir: str | Path) -> Path:
-    path = Path(output_dir) / FILENAME
+def write_json_atomically(payload: dict, path: str | Path) -> Path:
+    """Strict JSON (non-finite numbers become null), written to a temporary file and renamed, so
+    a reader never sees half a file and a kill never leaves one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)  # never leave a half-written file behind
+    text = json.dumps(finite_or_none(payload), indent=2, allow_nan=False, default=str) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
     return path
 
 
+def write_results(results: dict, output_dir: str | Path) -> Path:
+    return write_json_atomically(results, Path(output_dir) / FILENAME)
+
+
+def _refuse_constant(token: str):
+    raise ValueError(f"non-standard JSON number {token}")
+
+
 def read_results(path: str | Path) -> dict:
-    results = json.loads(Path(path).read_text())
-    if results.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: schema {results.get('schema')!r} is not {SCHEMA!r}")
+    """Parse strictly (NaN or Infinity tokens are an error) and check the schema. Files of the
+    first schema read as status "ok"."""
+    results = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)
+    if not isinstance(results, dict) or results.get("schema") not in READABLE_SCHEMAS:
+        schema = results.get("schema") if isinstance(results, dict) else None
+        raise ValueError(f"{path}: schema {schema!r} is not {SCHEMA!r}")
+    results.setdefault("status", "ok")
+    results.setdefault("error", None)
     return results
 
 

@@ -4,23 +4,95 @@ metrics with `extrap/eval_length` as their step, so a dashboard overlays runs by
 from __future__ import annotations
 
 import logging
+import netrc
+import os
+import socket
+import traceback
+from pathlib import Path
+from urllib.parse import urlparse
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from poslab.evaluate import ExtrapolationRow, extrapolation_sweep
-from poslab.results import build_results, write_results
+from poslab.results import TRACEBACK_FILENAME, build_results, write_results
 
 log = logging.getLogger(__name__)
+
+WANDB_PROBE_TIMEOUT_S = 5.0
+WANDB_INIT_TIMEOUT_S = 20.0
 
 ROW_COLUMNS = ["eval_length", "length_ratio", "protocol", "status", "tokens_scored", "loss", "ppl", "bpb", "reason"]
 
 
+def _wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _wandb_api_key(host: str) -> str | None:
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return entry[2] if entry else None
+
+
+def why_wandb_cannot_go_online() -> str | None:
+    """None if an online wandb run can start here; otherwise the reason, in a few words. Checked
+    up front because wandb itself either raises after a prompt (no key) or retries for minutes
+    (no network)."""
+    host, port = _wandb_host()
+    if not _wandb_api_key(host):
+        return f"no API key for {host} (set WANDB_API_KEY or run `wandb login`)"
+    try:
+        with socket.create_connection((host, port), timeout=WANDB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as error:
+        return f"{host}:{port} is unreachable ({error.strerror or error})"
+
+
+def _online(cfg: DictConfig) -> bool:
+    mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "online"
+    return str(mode) == "online"
+
+
+def _start_wandb(cfg: DictConfig) -> WandbLogger:
+    logger = instantiate(cfg, settings={"init_timeout": WANDB_INIT_TIMEOUT_S})
+    logger.experiment  # noqa: B018 - start the run now, so a failure is handled here and not mid-training
+    return logger
+
+
+def make_wandb_logger(cfg: DictConfig) -> WandbLogger:
+    """A WandbLogger that never costs the run: online without credentials or network falls back
+    to offline with one warning (the offline folder can be uploaded later with `wandb sync`)."""
+    why = why_wandb_cannot_go_online() if _online(cfg) else None
+    if why is None:
+        try:
+            return _start_wandb(cfg)
+        except Exception as error:  # wandb raises its own error types for auth and network
+            if not _online(cfg):
+                raise
+            why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            finish_wandb()
+    log.warning("wandb: cannot log online (%s); logging offline instead, upload later with `wandb sync`", why)
+    offline = cfg.copy()
+    with open_dict(offline):
+        offline.mode = "offline"
+    return _start_wandb(offline)
+
+
 def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
-    if not logger_cfg:
-        return []
-    return [instantiate(cfg) for cfg in logger_cfg.values() if cfg is not None and "_target_" in cfg]
+    loggers = []
+    for cfg in (logger_cfg or {}).values():
+        if cfg is None or "_target_" not in cfg:
+            continue
+        is_wandb = cfg._target_.rsplit(".", 1)[-1] == "WandbLogger"
+        loggers.append(make_wandb_logger(cfg) if is_wandb else instantiate(cfg))
+    return loggers
 
 
 def summary_key(row: ExtrapolationRow, metric: str = "ppl") -> str:
@@ -63,6 +135,39 @@ def finish_wandb() -> None:
         return
     if wandb.run is not None:
         wandb.finish()
+
+
+def record_failure(cfg: DictConfig, output_dir: str | Path, error: BaseException, *, task: str) -> Path:
+    """results.json with status "failed" and the error in one line, and the whole traceback in a
+    file beside it: what a failed job leaves so a sweep can list it and a person can debug it."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / TRACEBACK_FILENAME).write_text("".join(traceback.format_exception(error)))
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # the failure may be the config itself: keep it as composed
+        config = OmegaConf.to_container(cfg, resolve=False)
+    seed = OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)
+    name = OmegaConf.select(cfg, "pos_enc_name", default=None, throw_on_resolution_failure=False)
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    results = build_results(
+        run={
+            "name": f"{name}-s{seed}",
+            "pos_enc": name,
+            "seed": seed,
+            "group": OmegaConf.select(cfg, "run_group", default=None, throw_on_resolution_failure=False),
+            "output_dir": str(output_dir),
+            "task": task,
+        },
+        config=config,
+        data=None,
+        train=None,
+        extrapolation=[],
+        status="failed",
+        error=f"{type(error).__name__}: {message}",
+        traceback_file=TRACEBACK_FILENAME,
+    )
+    return write_results(results, output_dir)
 
 
 def format_rows(rows: list[ExtrapolationRow]) -> str:

@@ -2,32 +2,46 @@
 
 poslab-train pos_enc=alibi data.context=256
 poslab-train -m pos_enc='glob(*)' seed=0,1,2
+poslab-train resume=outputs/runs/<run>          (continue a killed run, or a sweep folder)
+
+A job's folder decides what the job does: a finished run with the same config is reused, a
+last.ckpt without results is resumed, anything else trains from scratch.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import time
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab import cli
-from poslab.cli import exit_on_bad_input
 from poslab.config import CONFIG_DIR, ConfigError, check_train_config
-from poslab.lit import LitGPT
+from poslab.lit import DivergedError, LitGPT
+from poslab.results import FILENAME, config_differences, read_results, write_results
 from poslab.tracking import finish_wandb, make_loggers, score_and_record
 
 log = logging.getLogger("poslab.train")
 
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
 
 def build(cfg: DictConfig):
     """Everything that can fail on a bad setting, before a logger starts or training runs."""
+    max_steps, interval = cfg.trainer.get("max_steps"), cfg.trainer.get("val_check_interval")
+    if isinstance(max_steps, int) and isinstance(interval, int) and 0 < max_steps < interval:
+        # a run shorter than the interval would otherwise never validate nor checkpoint
+        with open_dict(cfg):
+            cfg.trainer.val_check_interval = max_steps
     lengths = check_train_config(cfg)
+    pl.seed_everything(cfg.seed, workers=True)  # before the model is built: its init draws from it
     try:
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
@@ -45,12 +59,67 @@ def build(cfg: DictConfig):
     return datamodule, lit, lengths, heldout
 
 
+def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path | None]:
+    """What an earlier attempt left in this job's folder: (ok results to reuse, checkpoint to
+    resume from). A folder holding another config's work is refused, never overwritten."""
+    results_path = output_dir / FILENAME
+    if results_path.is_file():
+        try:
+            earlier = read_results(results_path)
+        except ValueError:
+            earlier = None  # unreadable: this attempt replaces it
+        if earlier is not None and earlier["status"] == "ok":
+            differ = config_differences(earlier["config"], resolved, ignore_seed=False)
+            if differ:
+                raise ConfigError(
+                    f"{output_dir} holds a finished run with another config ({', '.join(differ[:5])} differ); "
+                    "use another folder"
+                )
+            return earlier, None
+    checkpoint = output_dir / LAST_CHECKPOINT
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("poslab_config")
+        differ = config_differences(saved, resolved, ignore_seed=False)
+        if differ:
+            raise ConfigError(
+                f"{checkpoint} was trained with another config ({', '.join(differ[:5])} differ); "
+                "resume it with its own config (poslab-train resume=RUN_DIR) or use another folder"
+            )
+        return None, checkpoint
+    return None, None
+
+
+def reuse(results: dict, output_dir: Path) -> dict:
+    """Keep a finished job as it is; note in its results that a rerun found and kept it."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["run"]["reused_at"] = [*results["run"].get("reused_at", []), now]
+    write_results(results, output_dir)
+    log.info("%s already finished with this config: reusing %s", results["run"]["name"], output_dir / FILENAME)
+    return results
+
+
+def log_resumed_attempt_apart(cfg: DictConfig, step: int) -> None:
+    """Lightning's CSV logger would write over the killed attempt's metrics.csv: give the resumed
+    attempt its own folder, csv/resumed-from-step-N/, and keep the first one as it is."""
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg and str(logger_cfg.get("_target_", "")).endswith("CSVLogger"):
+            with open_dict(logger_cfg):
+                logger_cfg.version = f"resumed-from-step-{step}"
+
+
 def train(cfg: DictConfig) -> dict | None:
     """Train, evaluate, write results.json; returns the results (None on non-zero DDP ranks)."""
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, lit, lengths, heldout = build(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    datamodule, lit, lengths, heldout = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    finished, resume_from = previous_work(output_dir, resolved)
+    if finished is not None:
+        return reuse(finished, output_dir)
+    resumed_step = None
+    if resume_from is not None:
+        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
+        log_resumed_attempt_apart(cfg, resumed_step)
+        log.info("resuming from %s at step %d", resume_from, resumed_step)
     lit.run_config = resolved
     log.info(
         "%s: %d parameters, training context %d, eval lengths %s",
@@ -59,6 +128,15 @@ def train(cfg: DictConfig) -> dict | None:
         cfg.data.context,
         lengths,
     )
+    run = {
+        "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
+        "pos_enc": cfg.pos_enc_name,
+        "seed": cfg.seed,
+        "group": cfg.run_group,
+        "output_dir": str(output_dir),
+        "task": "train",
+        "resumed_from_step": resumed_step,
+    }
 
     loggers = make_loggers(cfg.get("logger"))
     try:
@@ -67,7 +145,11 @@ def train(cfg: DictConfig) -> dict | None:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         started = time.perf_counter()
-        trainer.fit(lit, datamodule=datamodule)
+        try:
+            trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        except DivergedError as error:
+            log.error("%s", error)
+            return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
         wall_time = time.perf_counter() - started
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run:
@@ -79,6 +161,7 @@ def train(cfg: DictConfig) -> dict | None:
 
         steps = trainer.global_step
         tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
+        trained_tokens = (steps - (resumed_step or 0)) * cfg.data.batch_size * cfg.data.context * trainer.world_size
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         return score_and_record(
             lit.model,
@@ -88,21 +171,15 @@ def train(cfg: DictConfig) -> dict | None:
             eval_cfg=cfg.eval,
             device=lit.device,
             loggers=loggers,
-            run={
-                "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
-                "pos_enc": cfg.pos_enc_name,
-                "seed": cfg.seed,
-                "group": cfg.run_group,
-                "output_dir": str(output_dir),
-                "task": "train",
-            },
+            run=run,
             config=resolved,
             data=datamodule.fingerprint,
             train={
                 "steps": steps,
                 "tokens": tokens,
+                # this attempt's time and speed (a resumed run: since the resume)
                 "wall_time_s": round(wall_time, 2),
-                "tokens_per_s": round(tokens / wall_time, 1) if wall_time > 0 else None,
+                "tokens_per_s": round(trained_tokens / wall_time, 1) if wall_time > 0 else None,
                 "parameters": lit.model.num_parameters(),
                 "train_loss": metrics.get("train/loss"),
                 "val_loss": metrics.get("val/loss"),
@@ -114,16 +191,41 @@ def train(cfg: DictConfig) -> dict | None:
         finish_wandb()
 
 
+def record_divergence(error: DivergedError, trainer, cfg, run, resolved, datamodule, lit, output_dir) -> dict | None:
+    """A diverged run is a result, not numbers: status "diverged", the step, no scores."""
+    from poslab.results import build_results
+
+    if not trainer.is_global_zero:
+        return None
+    results = build_results(
+        run=run,
+        config=resolved,
+        data=datamodule.fingerprint,
+        train={
+            "steps": error.step - 1,
+            "parameters": lit.model.num_parameters(),
+            "train_context": cfg.data.context,
+            "diverged_at_step": error.step,
+        },
+        extrapolation=[],
+        status="diverged",
+        error=str(error),
+    )
+    write_results(results, output_dir)
+    return results
+
+
 def _summary(fingerprint: dict) -> dict:
     """The fingerprint without its file list (kept in results.json), for logger configs."""
     return {k: v for k, v in fingerprint.items() if k != "files"}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@exit_on_bad_input
-def hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
+@cli.guarded_job(task="train")
+def hydra_main(cfg: DictConfig) -> dict | None:
+    return train(cfg)
 
 
 if __name__ == "__main__":
-    cli.train_main()
+    # `python -m poslab.train`: this module is the entry point (not imported a second time)
+    cli.run_console_script("poslab-train", lambda: hydra_main, cli.resume_command_line)

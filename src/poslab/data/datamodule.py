@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from poslab.data.corpora import SPLITS, Corpus
 from poslab.data.tokenizer import ByteTokenizer
@@ -35,6 +36,39 @@ class Windows(Dataset):
         return chunk[:-1], chunk[1:]
 
 
+class StepBatches(Sampler[list[int]]):
+    """Training batches as a function of the optimisation step alone.
+
+    Batch s is the (s mod b)-th slice of a permutation of the windows seeded by (seed, s div b),
+    where b is the number of whole batches in the training split. A run resumed at step s
+    therefore sees exactly the batches an uninterrupted run would have seen from step s on,
+    without storing any sampler state. Endless: training stops at trainer.max_steps.
+    """
+
+    def __init__(self, num_windows: int, batch_size: int, seed: int, start_step: int = 0):
+        self.num_windows = num_windows
+        self.batch_size = min(batch_size, num_windows)
+        self.seed = seed
+        self.start_step = start_step
+        self.batches_per_pass = num_windows // self.batch_size
+
+    def permutation(self, data_pass: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data_pass)
+        return torch.randperm(self.num_windows, generator=generator)
+
+    def batch(self, step: int) -> list[int]:
+        data_pass, index = divmod(step, self.batches_per_pass)
+        return self.permutation(data_pass)[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+
+    def __iter__(self):
+        order, order_pass = None, None
+        for step in itertools.count(self.start_step):
+            data_pass, index = divmod(step, self.batches_per_pass)
+            if data_pass != order_pass:  # one permutation per pass over the data, not per step
+                order, order_pass = self.permutation(data_pass), data_pass
+            yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+
+
 class TokenDataModule(pl.LightningDataModule):
     def __init__(
         self,
@@ -45,16 +79,10 @@ class TokenDataModule(pl.LightningDataModule):
         val_tokens: int = 65536,
         vocab_size: int = 256,
         num_workers: int = 0,
+        seed: int = 0,
     ):
+        # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
-        for key, value in (
-            ("context", context),
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-            ("val_tokens", val_tokens),
-        ):
-            if value <= 0:
-                raise ValueError(f"data.{key} must be positive, got {value}")
         self.corpus = corpus
         self.tokenizer = ByteTokenizer()
         if vocab_size != self.tokenizer.vocab_size:
@@ -64,6 +92,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.val_tokens = val_tokens
         self.num_workers = num_workers
+        self.seed = seed
         self.tokens: dict[str, np.ndarray] = {}
         self._fingerprint: dict | None = None
 
@@ -130,14 +159,13 @@ class TokenDataModule(pl.LightningDataModule):
             )
         return test[: usable + 1]
 
-    def _loader(self, dataset, batch_size, shuffle):
-        return DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, drop_last=shuffle
-        )
-
     def train_dataloader(self):
-        return self._loader(Windows(self.tokens["train"], self.context), self.batch_size, shuffle=True)
+        windows = Windows(self.tokens["train"], self.context)
+        # On resume Lightning has restored the step before it asks for the data: start there.
+        start_step = self.trainer.global_step if self.trainer is not None else 0
+        batches = StepBatches(len(windows), self.batch_size, self.seed, start_step)
+        return DataLoader(windows, batch_sampler=batches, num_workers=self.num_workers)
 
     def val_dataloader(self):
         val = self.tokens["validation"][: self.val_tokens + 1]
-        return self._loader(Windows(val, self.context), self.eval_batch_size, shuffle=False)
+        return DataLoader(Windows(val, self.context), batch_size=self.eval_batch_size, num_workers=self.num_workers)

@@ -8,14 +8,9 @@ import numpy as np
 
 class ByteTokenizer:
     vocab_size = 256
-    dtype = np.uint8
 
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     def decode(self, ids) -> str:
         return bytes(np.asarray(ids, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
-
-    def num_bytes(self, ids: np.ndarray) -> int:
-        """UTF-8 bytes these tokens stand for (for bits per byte)."""
-        return int(np.asarray(ids).size)

@@ -16,12 +16,11 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab import cli
-from poslab.cli import exit_on_bad_input
-from poslab.config import CONFIG_DIR, ConfigError, check_eval_config
+from poslab.config import CONFIG_DIR, ConfigError, available, check_eval_config, checkpoint_run_name
 from poslab.lit import LitGPT
 from poslab.results import FILENAME, read_results
 from poslab.tracking import finish_wandb, make_loggers, score_and_record
@@ -29,18 +28,54 @@ from poslab.tracking import finish_wandb, make_loggers, score_and_record
 log = logging.getLogger("poslab.eval")
 
 
-def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT, DictConfig]:
-    """The model of a checkpoint, optionally under another encoding config; and its run config."""
-    path = Path(ckpt_path)
+def encoding_family(target: str) -> str:
+    """The family of an encoding class (weights of one family mean the same thing)."""
+    cls = get_class(target)
+    return getattr(cls, "family", None) or cls.__name__
+
+
+def encodings_of_family(family: str) -> list[str]:
+    """The conf/pos_enc names whose encoding belongs to `family`."""
+    names = []
+    for name in available("pos_enc"):
+        target = OmegaConf.load(Path(CONFIG_DIR) / "pos_enc" / f"{name}.yaml").get("_target_")
+        try:
+            if target and encoding_family(target) == family:
+                names.append(name)
+        except (ImportError, AttributeError, ValueError):
+            continue
+    return names
+
+
+def read_checkpoint(ckpt_path: str) -> dict:
+    path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "poslab_config" not in checkpoint:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # pickle, zip and torch errors alike: it is not a checkpoint
+        why = f"torch.load failed: {type(error).__name__}"
+        raise ConfigError(f"ckpt_path={ckpt_path}: not a poslab checkpoint ({why})") from error
+    if not isinstance(checkpoint, dict) or "poslab_config" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"ckpt_path={ckpt_path}: not a poslab checkpoint (no poslab_config inside)")
+    return checkpoint
+
+
+def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT, DictConfig]:
+    """The model of a checkpoint, optionally under another encoding of the same family; and its
+    run config with that encoding in place."""
+    checkpoint = read_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["poslab_config"])
     hparams = checkpoint["hyper_parameters"]
     encoding = hparams["pos_enc"]
     if pos_enc is not None:
+        trained, asked = encoding_family(encoding["_target_"]), encoding_family(pos_enc["_target_"])
+        if trained != asked:
+            allowed = ", ".join(encodings_of_family(trained)) or "its own"
+            raise ConfigError(
+                f"pos_enc: the checkpoint was trained with {run_cfg.pos_enc_name} ({trained} family) and cannot "
+                f"be scored under a {asked} encoding; allowed: {allowed}"
+            )
         # resolve the new encoding's interpolations (model width, training context) against the
         # checkpoint's own config, then use it in place of the trained one
         with open_dict(run_cfg):
@@ -62,6 +97,7 @@ def evaluate(cfg: DictConfig) -> dict:
     trained_name = run_cfg.pos_enc_name
     with open_dict(cfg):
         cfg.pos_enc_name = cfg.pos_enc_name if cfg.get("pos_enc") is not None else trained_name
+        cfg.seed = run_cfg.seed  # an eval run is named and grouped by its checkpoint's seed
     pl.seed_everything(cfg.seed)
     try:
         datamodule = instantiate(run_cfg.data)
@@ -99,7 +135,9 @@ def evaluate(cfg: DictConfig) -> dict:
                 "output_dir": str(Path(cfg.paths.output_dir)),
                 "task": "eval",
                 "ckpt_path": str(cfg.ckpt_path),
+                "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
                 "trained_as": trained_name,
+                "variant": cfg.pos_enc_name,
             },
             config=scored_config,
             data=datamodule.fingerprint,
@@ -118,10 +156,10 @@ def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@exit_on_bad_input
-def hydra_main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+@cli.guarded_job(task="eval")
+def hydra_main(cfg: DictConfig) -> dict:
+    return evaluate(cfg)
 
 
 if __name__ == "__main__":
-    cli.eval_main()
+    cli.run_console_script("poslab-eval", lambda: hydra_main, cli.check_eval_command_line)
