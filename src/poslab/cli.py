@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import shutil
 import sys
@@ -61,6 +62,19 @@ def guarded_job(task: str) -> Callable:
     return decorator
 
 
+# Folders that existed before this command ran (set by the console script): removing a rejected
+# run's folder never removes one of them, even if it is empty.
+_FOLDERS_BEFORE: set[Path] | None = None
+
+
+def _remember_folders_before(argv: list[str]) -> None:
+    global _FOLDERS_BEFORE
+    given = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "paths.log_dir"]
+    log_dir = Path(given[-1] if given else os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
+    candidates = [log_dir, *log_dir.parents, *(log_dir / sub for sub in ("runs", "eval", "multirun"))]
+    _FOLDERS_BEFORE = {folder for folder in candidates if folder.exists()}
+
+
 def remove_rejected_run_folder(output_dir: Path) -> None:
     """Hydra creates the run folder (.hydra/, <job>.log) before the config can be checked. A
     rejected setting should leave nothing behind, so remove exactly that, and only if the folder
@@ -70,13 +84,27 @@ def remove_rejected_run_folder(output_dir: Path) -> None:
     written_by_hydra = {".hydra"} | {p.name for p in output_dir.glob("*.log")}
     if {p.name for p in output_dir.iterdir()} - written_by_hydra:
         return
-    logging.shutdown()  # close the job's log file before it goes
+    close_log_files_in(output_dir)
     shutil.rmtree(output_dir, ignore_errors=True)
-    for parent in output_dir.parents:  # runs/ and the log folder, if this run created them
+    if _FOLDERS_BEFORE is None:  # not started from a console script: leave the parents alone
+        return
+    for parent in output_dir.resolve().parents:  # runs/ and the log folder, if this command made them
+        if parent in _FOLDERS_BEFORE:
+            break
         try:
             parent.rmdir()
         except OSError:
             break
+
+
+def close_log_files_in(folder: Path) -> None:
+    """Detach and close the logging handlers that write into `folder` (the job's <job>.log)."""
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in list(getattr(logger, "handlers", [])):
+            filename = getattr(handler, "baseFilename", None)
+            if filename and Path(filename).resolve().is_relative_to(folder.resolve()):
+                logger.removeHandler(handler)
+                handler.close()
 
 
 def check_command_line(prog: str, argv: list[str]) -> None:
@@ -153,6 +181,7 @@ def run_console_script(prog: str, load_entry_point: Callable, argv_rewrite: Call
     The entry point is loaded after the checks, so a typo is answered before torch loads."""
     argv = sys.argv[1:]
     check_command_line(prog, argv)
+    _remember_folders_before(argv)
     if argv_rewrite is not None:
         argv = argv_rewrite(prog, argv)
     sys.argv = [sys.argv[0], *argv]

@@ -33,12 +33,12 @@ def checkpoint_run_name(ckpt_path: str) -> str:
 
 def _trained_encoding(choice: str | None, ckpt_path: str) -> str:
     """poslab-eval's encoding name: the `pos_enc=` given, else the one the checkpoint was trained
-    with (read from its run folder's saved config; "trained" when the checkpoint sits elsewhere)."""
+    with (read from its run folder's .hydra/; "trained" when the checkpoint sits elsewhere)."""
     if choice:
         return choice
-    run_config = Path(str(ckpt_path)).expanduser().resolve().parent.parent / ".hydra" / "config.yaml"
-    if run_config.is_file():
-        name = OmegaConf.load(run_config).get("pos_enc_name")
+    hydra_file = Path(str(ckpt_path)).expanduser().resolve().parent.parent / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():  # Hydra saves the group choices of the run there
+        name = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.pos_enc", default=None)
         if isinstance(name, str) and name:
             return name
     return "trained"

@@ -221,7 +221,7 @@ class HubCorpus(Corpus):
         return (
             f"data: cannot load {self.name!r} from the Hugging Face hub ({why}). Run once on a machine "
             f"that reaches the hub to fill the cache (then HF_HUB_OFFLINE=1 reuses it), or train on local "
-            f"files with data=text_files data.corpus.train='path/*.txt'"
+            f'files with data=text_files "data.corpus.train=/path/to/*.txt"'
         )
 
     def load(self):

@@ -1,0 +1,159 @@
+"""The console scripts as a user types them: poslab-eval's checks and folders, wandb that never
+costs a run, the README's commands pasted into a shell, `python -m poslab.train`."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY
+from poslab import cli
+from poslab.results import find_results, read_results
+from poslab.train import train
+from test_failures import run_console
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+EVAL_TINY = ["logger=csv", "eval.lengths_x=[1,2]", "eval.num_tokens=256", "eval.batch_tokens=256"]
+
+
+@pytest.fixture(scope="module")
+def rope_checkpoint(tmp_path_factory):
+    """A RoPE run trained with seed 2, in a run folder as poslab-train leaves it."""
+    root = tmp_path_factory.mktemp("ckpt")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    text = Path(__file__).read_text()
+    for i in range(30):
+        (corpus / f"doc_{i:02d}.txt").write_text(f"# {i}\n" + text * (1 + i % 3))
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = ["data=text_files", f"data.corpus.train={corpus}/*.txt", *TINY, "trainer.max_steps=3", "seed=2"]
+    run_dir = root / "runs" / "2026-01-01_00-00-00_rope_abc123"
+    out = subprocess.run(
+        [sys.executable, "-m", "poslab.train", *args, f"hydra.run.dir={run_dir}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "ckpt_path is required: poslab-eval ckpt_path="),
+        (["ckpt_path=missing.ckpt"], "ckpt_path=missing.ckpt: no such file"),
+    ],
+)
+def test_eval_without_a_checkpoint(monkeypatch, capfd, tmp_path, args, message):
+    assert run_console(monkeypatch, cli.eval_main, *args, f"paths.log_dir={tmp_path}") == 2
+    assert message in capfd.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_of_a_file_that_is_not_a_checkpoint(monkeypatch, capfd, tmp_path):
+    status = run_console(monkeypatch, cli.eval_main, f"ckpt_path={README}", f"paths.log_dir={tmp_path}", *EVAL_TINY)
+    out, err = capfd.readouterr()
+    assert status == 2
+    assert f"ckpt_path={README}: not a poslab checkpoint (torch.load failed: UnpicklingError)" in out + err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("other_family", ["alibi", "nope", "sinusoidal"])
+def test_eval_refuses_another_family(monkeypatch, capfd, tmp_path, rope_checkpoint, other_family):
+    args = [f"ckpt_path={rope_checkpoint}", f"pos_enc={other_family}", f"paths.log_dir={tmp_path}", *EVAL_TINY]
+    assert run_console(monkeypatch, cli.eval_main, *args) == 2
+    out, err = capfd.readouterr()
+    line = next(line for line in (out + err).splitlines() if "cannot be scored under" in line)
+    assert "the checkpoint was trained with rope (rotary family)" in line
+    allowed = line.split("allowed: ")[1].split(", ")
+    assert {"rope", "rope_pi"} <= set(allowed) and other_family not in allowed
+    assert not any(tmp_path.iterdir())
+
+
+def test_eval_folder_name_and_seed_come_from_the_checkpoint(monkeypatch, tmp_path, rope_checkpoint):
+    args = [f"ckpt_path={rope_checkpoint}", "pos_enc=rope_pi", f"paths.log_dir={tmp_path}", *EVAL_TINY]
+    assert run_console(monkeypatch, cli.eval_main, *args) == 0
+    (folder,) = (tmp_path / "eval").iterdir()
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_2026-01-01_00-00-00_rope_abc123_rope_pi_[0-9a-f]{6}", folder.name
+    )
+    results = read_results(folder / "results.json")
+    assert results["run"]["name"] == "rope_pi-s2" and results["run"]["seed"] == 2
+    assert results["run"]["variant"] == "rope_pi" and results["run"]["trained_as"] == "rope"
+    assert results["run"]["checkpoint_run"] == "2026-01-01_00-00-00_rope_abc123"
+    # without pos_enc the folder is named after the checkpoint's own encoding, not "None"
+    args = [f"ckpt_path={rope_checkpoint}", f"paths.log_dir={tmp_path / 'plain'}", *EVAL_TINY]
+    assert run_console(monkeypatch, cli.eval_main, *args) == 0
+    (folder,) = (tmp_path / "plain" / "eval").iterdir()
+    assert re.fullmatch(r".*_2026-01-01_00-00-00_rope_abc123_rope_[0-9a-f]{6}", folder.name)
+
+
+@pytest.mark.parametrize("credentials", ["no key", "key but no network"])
+def test_wandb_online_falls_back_to_offline(train_config, monkeypatch, tmp_path, caplog, credentials):
+    """WANDB_MODE=online without a key, or with a key and no route to the server: one warning,
+    then the run logs offline and finishes."""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    if credentials == "key but no network":
+        monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    cfg = train_config("pos_enc=alibi", "debug=fast_dev_run", "logger=wandb")
+    started = time.perf_counter()
+    results = train(cfg)
+    elapsed = time.perf_counter() - started
+    assert results["status"] == "ok"
+    warnings = [r.getMessage() for r in caplog.records if "cannot log online" in r.getMessage()]
+    assert len(warnings) == 1
+    assert ("no API key" in warnings[0]) == (credentials == "no key")
+    assert len(list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))) == 1
+    print(f"{credentials}: run finished offline in {elapsed:.1f} s")
+
+
+def readme_command(prefix: str) -> str:
+    """The first command in README.md that starts with `prefix`, exactly as written there."""
+    commands = re.findall(r"`(poslab-[^`]+)`", README.read_text())
+    return next(c for c in commands if c.startswith(prefix))
+
+
+def test_readme_text_files_command_works_when_pasted(tmp_path, text_corpus):
+    """Pasted into bash as written (with $HOME pointing at a folder holding ~/corpus), plus
+    settings that make it short."""
+    command = readme_command("poslab-train data=text_files")
+    home = tmp_path / "home"
+    home.mkdir()
+    text_corpus.rename(home / "corpus")
+    (home / "corpus" / "nested").mkdir()
+    (home / "corpus" / "doc_00.txt").rename(home / "corpus" / "nested" / "doc_00.txt")  # ** reaches it
+    tiny = " ".join(f"'{o}'" for o in [*TINY, "trainer.max_steps=2", f"paths.log_dir={tmp_path / 'logs'}"])
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "WANDB_MODE": "disabled",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    out = subprocess.run(["bash", "-c", f"{command} {tiny}"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+    (path,) = find_results(tmp_path / "logs")
+    results = read_results(path)
+    assert results["data"]["corpus"] == "text_files" and "nested/doc_00.txt" in str(results["data"]["files"])
+
+
+def test_python_dash_m_imports_the_training_module_once(tmp_path):
+    """`python -m poslab.train` runs this module as __main__; it must not import itself again."""
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['poslab-train', 'trainer.max_steps=0', 'paths.log_dir=" + str(tmp_path) + "']\n"
+        "try:\n    runpy.run_module('poslab.train', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as e:\n    print('exit', e.code)\n"
+        "print('imported twice' if 'poslab.train' in sys.modules else 'imported once')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert "exit 2" in out.stdout and "imported once" in out.stdout, out.stdout + out.stderr
