@@ -57,6 +57,7 @@ BAD_TRAIN_INPUT = [
     ("trainer.max_steps=0", "trainer.max_steps must be a positive integer, got 0"),
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu: allowed: auto, cpu, gpu"),
     ("+ckpt_path=some.ckpt", "ckpt_path is not a training setting"),
+    ("+max_step=10", "max_step: not a poslab-train setting; the top-level keys are task_name, seed,"),
     ("data.corpus.train=/nonexistent/*.txt", "data.corpus.train: no file matches"),
     ("pos_enc=rop", "pos_enc=rop: unknown; available: " + ", ".join(ENCODINGS)),
 ]

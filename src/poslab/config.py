@@ -153,6 +153,26 @@ def check_trainer_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator={accelerator}: allowed: auto, cpu, gpu")
 
 
+# Top-level keys of a training config (conf/train.yaml and its groups). A `+key=...` outside
+# them would be carried along and silently ignored, so it is refused.
+TRAIN_KEYS = (
+    "task_name",
+    "seed",
+    "pos_enc_name",
+    "run_group",
+    "tags",
+    "report_note",
+    "data",
+    "model",
+    "pos_enc",
+    "trainer",
+    "logger",
+    "eval",
+    "callbacks",
+    "paths",
+)
+
+
 def check_train_config(cfg: DictConfig) -> list[int]:
     """Validate a composed training config; returns the absolute eval lengths. Every key is
     checked here once, and the message names it as it is written on the command line."""
@@ -160,6 +180,11 @@ def check_train_config(cfg: DictConfig) -> list[int]:
         raise ConfigError(
             "ckpt_path is not a training setting: to continue a killed run use `poslab-train resume=RUN_DIR`; "
             "to score a checkpoint use `poslab-eval ckpt_path=...`"
+        )
+    unknown = sorted(set(cfg.keys()) - set(TRAIN_KEYS) - {"hydra"})
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)}: not a poslab-train setting; the top-level keys are {', '.join(TRAIN_KEYS)}"
         )
     check_model_config(cfg)
     for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
