@@ -60,6 +60,12 @@ BAD_TRAIN_INPUT = [
     ("+max_step=10", "max_step: not a poslab-train setting; the top-level keys are task_name, seed,"),
     ("data.corpus.train=/nonexistent/*.txt", "data.corpus.train: no file matches"),
     ("pos_enc=rop", "pos_enc=rop: unknown; available: " + ", ".join(ENCODINGS)),
+    ("data.positions=randomized data.max_position=8", "data.max_position=8 is below data.context=16"),
+    ("data.positions=shuffled", "data.positions=shuffled: allowed: contiguous, randomized"),
+    (
+        "data.positions=randomized data.max_position=64 pos_enc=learned pos_enc.max_length=16",
+        "data.max_position=64 cannot be trained with pos_enc: Learned has positions 0..15 only",
+    ),
 ]
 if not __import__("torch").cuda.is_available():
     BAD_TRAIN_INPUT.append(("trainer.accelerator=gpu", "trainer.accelerator=gpu: no CUDA device here"))

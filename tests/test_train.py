@@ -38,6 +38,16 @@ def test_fast_dev_run(train_config, pos_enc):
     assert on_disk["train"]["steps"] == 1
 
 
+@pytest.mark.parametrize("pos_enc", ["learned", "rope", "alibi", "sinusoidal"])
+def test_randomized_positions_train_and_evaluate_contiguously(train_config, pos_enc):
+    cfg = train_config(f"pos_enc={pos_enc}", "data.positions=randomized", "data.max_position=64", "trainer.max_steps=3")
+    results = train(cfg)
+    assert results["status"] == "ok" and results["train"]["steps"] == 3
+    rows = {row["eval_length"]: row["status"] for row in results["extrapolation"]}
+    assert rows == {16: "ok", 32: "ok", 64: "ok"}  # learned has a table of max_position=64 vectors
+    assert results["config"]["data"]["max_position"] == 64
+
+
 def test_checkpoint_reloads_under_another_rotary_setting(train_config, tmp_path):
     """last.ckpt is written; poslab-eval scores it under rope_pi, equal to rope within context."""
     cfg = train_config("pos_enc=rope", "trainer.max_steps=5", "trainer.val_check_interval=3")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from poslab.data.datamodule import StepBatches
+from poslab.data.datamodule import RandomizedPositionWindows, StepBatches, Windows
 from poslab.evaluate import extrapolation_sweep
 from poslab.lit import LitGPT, warmup_cosine
 from poslab.results import build_results, comparable_config, config_differences, read_results, write_results
@@ -48,15 +48,29 @@ def test_training_batches_are_a_function_of_the_step():
     fresh = iter(StepBatches(num_windows=10, batch_size=3, seed=7))
     batches = [next(fresh) for _ in range(9)]
     # 3 batches per pass over 10 windows (one window left out per pass), each pass a new order
-    for data_pass in range(3):
+    for data_pass in range(3):  # indices of pass p are offset by 10 p (the dataset wraps them)
         seen = sum(batches[3 * data_pass : 3 * data_pass + 3], [])
-        assert len(seen) == len(set(seen)) == 9 and set(seen) <= set(range(10))
+        assert len(seen) == len(set(seen)) == 9 and set(seen) <= set(range(10 * data_pass, 10 * data_pass + 10))
     assert batches[0:3] != batches[3:6]
     resumed = iter(StepBatches(num_windows=10, batch_size=3, seed=7, start_step=4))
     assert [next(resumed) for _ in range(5)] == batches[4:9]  # a resumed run sees the same batches
     other_seed = iter(StepBatches(num_windows=10, batch_size=3, seed=8))
     assert [next(other_seed) for _ in range(3)] != batches[:3]
     assert StepBatches(num_windows=10, batch_size=3, seed=7).batch(5) == batches[5]
+
+
+def test_randomized_positions_are_sorted_distinct_and_reproducible():
+    tokens = np.arange(1000) % 256
+    windows = RandomizedPositionWindows(tokens, length=16, max_position=64, seed=3)
+    x, y, pos = windows[5]
+    assert pos.shape == (16,) and pos.dtype == torch.int64
+    assert (pos[1:] > pos[:-1]).all() and 0 <= pos.min() and pos.max() < 64
+    assert torch.equal(windows[5][2], pos)  # read again (a resumed run): the same sample
+    assert not torch.equal(windows[6][2], pos)
+    assert torch.equal(x, Windows(tokens, 16)[5][0]) and torch.equal(windows[5 + len(windows)][0], x)
+    # over many windows every position in [0, 64) is used, not only the first 16
+    used = torch.cat([windows[i][2] for i in range(50)]).unique()
+    assert used.tolist() == list(range(64))
 
 
 class ExplodingModel(UniformModel):

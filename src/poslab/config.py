@@ -44,12 +44,18 @@ def _trained_encoding(choice: str | None, ckpt_path: str) -> str:
     return "trained"
 
 
+def _position_range(positions: str, context: int, max_position: int | None) -> int:
+    """How many positions training uses: the context, or max_position with randomized positions."""
+    return max_position if positions == "randomized" and max_position else context
+
+
 def register_resolvers() -> None:
     """Resolvers used in conf/hydra and conf/eval.yaml; registered before Hydra composes."""
     for name, function in (
         ("poslab.unique", _unique_suffix),
         ("poslab.checkpoint_run", checkpoint_run_name),
         ("poslab.trained_encoding", _trained_encoding),
+        ("poslab.position_range", _position_range),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=True)
@@ -133,6 +139,26 @@ def check_model_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.net.dropout must be in [0, 1), got {dropout!r}")
 
 
+POSITIONS = ("contiguous", "randomized")
+
+
+def check_positions_config(data: DictConfig) -> None:
+    positions = data.get("positions", "contiguous")
+    if positions not in POSITIONS:
+        raise ConfigError(f"data.positions={positions}: allowed: {', '.join(POSITIONS)}")
+    max_position = data.get("max_position")
+    if positions == "randomized":
+        if not isinstance(max_position, int) or isinstance(max_position, bool):
+            raise ConfigError(
+                f"data.max_position must be a whole number with data.positions=randomized, got {max_position!r}"
+            )
+        if max_position < data.context:
+            raise ConfigError(
+                f"data.max_position={max_position} is below data.context={data.context}: a window of "
+                f"{data.context} tokens needs as many distinct positions"
+            )
+
+
 def check_trainer_config(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if not trainer.get("fast_dev_run"):
@@ -189,6 +215,7 @@ def check_train_config(cfg: DictConfig) -> list[int]:
     check_model_config(cfg)
     for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
         _positive(cfg, key)
+    check_positions_config(cfg.data)
     check_trainer_config(cfg)
     return check_eval_config(cfg.eval, cfg.data.context)
 

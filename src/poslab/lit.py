@@ -56,8 +56,8 @@ class LitGPT(pl.LightningModule):
         return self.model(idx, pos)
 
     def _loss(self, batch) -> torch.Tensor:
-        x, y = batch
-        logits = self.model(x)
+        x, y, *pos = batch  # (x, y) or, with randomized positions, (x, y, pos)
+        logits = self.model(x, pos[0] if pos else None)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
     def training_step(self, batch, batch_idx):

@@ -47,10 +47,12 @@ def build(cfg: DictConfig):
         datamodule.setup("fit")
         heldout = datamodule.heldout_tokens(cfg.eval.num_tokens, max(lengths))
         lit = LitGPT(cfg.model.net, cfg.pos_enc, cfg.model.optimizer, cfg.model.scheduler)
+        trained_positions = cfg.data.max_position if cfg.data.get("positions") == "randomized" else None
         try:
-            lit.model.pos_enc.check_length(cfg.data.context)
+            lit.model.pos_enc.check_length(trained_positions or cfg.data.context)
         except ValueError as error:  # training must fit the encoding; evaluation lengths may not
-            raise ValueError(f"data.context={cfg.data.context} cannot be trained with pos_enc: {error}") from error
+            key = f"data.max_position={trained_positions}" if trained_positions else f"data.context={cfg.data.context}"
+            raise ValueError(f"{key} cannot be trained with pos_enc: {error}") from error
     except InstantiationException as error:
         cause = error.__cause__ or error
         raise ConfigError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from error

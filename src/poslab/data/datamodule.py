@@ -31,16 +31,36 @@ class Windows(Dataset):
         return (len(self.tokens) - 1) // self.length
 
     def __getitem__(self, i: int):
-        start = i * self.length
+        start = (i % len(self)) * self.length  # indices past len() wrap (a later pass, see StepBatches)
         chunk = torch.from_numpy(self.tokens[start : start + self.length + 1].astype(np.int64))
         return chunk[:-1], chunk[1:]
+
+
+class RandomizedPositionWindows(Windows):
+    """Windows whose positions are a sorted random sample of `length` distinct positions from
+    [0, max_position) (Ruoss et al., 2023, "Randomized Positional Encodings Boost Length
+    Generalization of Transformers", arXiv 2305.16843): training then sees the position values of
+    sequences up to max_position long. Item i is (x, y, pos); the sample is drawn from a generator
+    seeded by (seed, i), so it is the same whenever item i is read again (a resumed run)."""
+
+    def __init__(self, tokens: np.ndarray, length: int, max_position: int, seed: int):
+        super().__init__(tokens, length)
+        self.max_position = max_position
+        self.seed = seed
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        pos = torch.randperm(self.max_position, generator=generator)[: self.length].sort().values
+        return x, y, pos
 
 
 class StepBatches(Sampler[list[int]]):
     """Training batches as a function of the optimisation step alone.
 
     Batch s is the (s mod b)-th slice of a permutation of the windows seeded by (seed, s div b),
-    where b is the number of whole batches in the training split. A run resumed at step s
+    where b is the number of whole batches in the training split. Indices are offset by the pass
+    times the number of windows (the dataset wraps them), so an item names its pass too. A run resumed at step s
     therefore sees exactly the batches an uninterrupted run would have seen from step s on,
     without storing any sampler state. Endless: training stops at trainer.max_steps.
     """
@@ -58,7 +78,11 @@ class StepBatches(Sampler[list[int]]):
 
     def batch(self, step: int) -> list[int]:
         data_pass, index = divmod(step, self.batches_per_pass)
-        return self.permutation(data_pass)[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+        return self._slice(self.permutation(data_pass), data_pass, index)
+
+    def _slice(self, order: torch.Tensor, data_pass: int, index: int) -> list[int]:
+        windows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return (windows + data_pass * self.num_windows).tolist()
 
     def __iter__(self):
         order, order_pass = None, None
@@ -66,7 +90,7 @@ class StepBatches(Sampler[list[int]]):
             data_pass, index = divmod(step, self.batches_per_pass)
             if data_pass != order_pass:  # one permutation per pass over the data, not per step
                 order, order_pass = self.permutation(data_pass), data_pass
-            yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+            yield self._slice(order, data_pass, index)
 
 
 class TokenDataModule(pl.LightningDataModule):
@@ -80,6 +104,8 @@ class TokenDataModule(pl.LightningDataModule):
         vocab_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        positions: str = "contiguous",
+        max_position: int | None = None,
     ):
         # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
@@ -93,6 +119,8 @@ class TokenDataModule(pl.LightningDataModule):
         self.val_tokens = val_tokens
         self.num_workers = num_workers
         self.seed = seed
+        self.positions = positions
+        self.max_position = max_position
         self.tokens: dict[str, np.ndarray] = {}
         self._fingerprint: dict | None = None
 
@@ -160,7 +188,10 @@ class TokenDataModule(pl.LightningDataModule):
         return test[: usable + 1]
 
     def train_dataloader(self):
-        windows = Windows(self.tokens["train"], self.context)
+        if self.positions == "randomized":
+            windows = RandomizedPositionWindows(self.tokens["train"], self.context, self.max_position, self.seed)
+        else:
+            windows = Windows(self.tokens["train"], self.context)
         # On resume Lightning has restored the step before it asks for the data: start there.
         start_step = self.trainer.global_step if self.trainer is not None else 0
         batches = StepBatches(len(windows), self.batch_size, self.seed, start_step)
