@@ -157,3 +157,28 @@ def test_python_dash_m_imports_the_training_module_once(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert "exit 2" in out.stdout and "imported once" in out.stdout, out.stdout + out.stderr
+
+
+def test_one_checkpoint_under_several_variants(monkeypatch, capfd, tmp_path, rope_checkpoint):
+    """eval.variants scores one checkpoint under each rotary setting in one command; a variant
+    of another family is refused before anything is scored."""
+    args = [f"ckpt_path={rope_checkpoint}", f"paths.log_dir={tmp_path / 'bad'}", *EVAL_TINY]
+    assert run_console(monkeypatch, cli.eval_main, *args, "eval.variants=[rope,rope_pi,alibi]") == 2
+    assert "alibi: pos_enc: the checkpoint was trained with rope (rotary family)" in "".join(capfd.readouterr())
+    assert not (tmp_path / "bad").exists()
+
+    variants = ["rope", "rope_pi", "rope_ntk", "rope_yarn", "rope_llama3"]
+    args = [f"ckpt_path={rope_checkpoint}", f"paths.log_dir={tmp_path}", *EVAL_TINY, "eval.lengths_x=[1,4]"]
+    assert run_console(monkeypatch, cli.eval_main, *args, f"eval.variants=[{','.join(variants)}]") == 0
+    (path,) = find_results(tmp_path)
+    results = read_results(path)
+    assert results["run"]["variants"] == variants and results["run"]["trained_as"] == "rope"
+    loss = {(row["variant"], row["eval_length"]): row["loss"] for row in results["extrapolation"]}
+    assert sorted(loss) == sorted((v, n) for v in variants for n in (16, 64))
+    for variant in variants[1:]:  # within the training context every scaling member is plain RoPE
+        assert loss[variant, 16] == pytest.approx(loss["rope", 16], rel=1e-6)
+    from poslab.report import write_report
+
+    report = write_report(tmp_path).path.read_text()
+    for variant in variants:
+        assert f"| {variant} on rope checkpoint (2026-01-01_00-00-00_rope_abc123) |" in report

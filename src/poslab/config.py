@@ -217,6 +217,11 @@ def check_train_config(cfg: DictConfig) -> list[int]:
         _positive(cfg, key)
     check_positions_config(cfg.data)
     check_trainer_config(cfg)
+    if cfg.eval.get("variants"):
+        raise ConfigError(
+            "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
+            "a training run is scored under its own pos_enc"
+        )
     return check_eval_config(cfg.eval, cfg.data.context)
 
 

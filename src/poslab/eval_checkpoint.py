@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poslab import cli
 from poslab.config import CONFIG_DIR, ConfigError, available, check_eval_config, checkpoint_run_name
 from poslab.lit import LitGPT
-from poslab.results import FILENAME, read_results
-from poslab.tracking import finish_wandb, make_loggers, score_and_record
+from poslab.results import FILENAME, build_results, read_results
+from poslab.tracking import finish_wandb, log_extrapolation, make_loggers, record, score
 
 log = logging.getLogger("poslab.eval")
 
@@ -90,13 +90,39 @@ def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT,
     return lit, run_cfg
 
 
+def requested_variants(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
+    """(name, encoding config) for each way the checkpoint is to be scored: `eval.variants`, or
+    the one `pos_enc=` (None: the checkpoint's own encoding)."""
+    names = cfg.eval.get("variants")
+    if not names:
+        return [(cfg.pos_enc_name, cfg.get("pos_enc"))]
+    if cfg.get("pos_enc") is not None:
+        raise ConfigError("give pos_enc= or eval.variants=[...], not both")
+    known = available("pos_enc")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"eval.variants: {', '.join(unknown)} unknown; available: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"eval.variants lists a name twice: {list(names)}")
+    return [(name, OmegaConf.load(Path(CONFIG_DIR) / "pos_enc" / f"{name}.yaml")) for name in names]
+
+
 def evaluate(cfg: DictConfig) -> dict:
-    lit, run_cfg = load_checkpoint(cfg.ckpt_path, cfg.get("pos_enc"))
+    """Score one checkpoint under each requested variant, all on the same held-out tokens; one
+    results.json whose rows carry their variant, one wandb run per variant."""
+    variants = requested_variants(cfg)
+    # load every variant before scoring any: one that does not fit is refused up front
+    models = {}
+    for name, encoding in variants:
+        try:
+            models[name], run_cfg = load_checkpoint(cfg.ckpt_path, encoding)
+        except ConfigError as error:
+            raise ConfigError(f"{name}: {error}" if len(variants) > 1 else str(error)) from error
     context = run_cfg.data.context
     lengths = check_eval_config(cfg.eval, context)
     trained_name = run_cfg.pos_enc_name
     with open_dict(cfg):
-        cfg.pos_enc_name = cfg.pos_enc_name if cfg.get("pos_enc") is not None else trained_name
+        cfg.pos_enc_name = variants[0][0] if len(variants) == 1 else trained_name
         cfg.seed = run_cfg.seed  # an eval run is named and grouped by its checkpoint's seed
     pl.seed_everything(cfg.seed)
     try:
@@ -107,45 +133,62 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ConfigError(str(error)) from error
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    lit.to(device)
-    # the checkpoint's config with this evaluation's encoding and eval settings: what was scored
+    # the checkpoint's config with this evaluation's settings: what was scored
     scored_config = {
         **OmegaConf.to_container(run_cfg, resolve=True),
         "eval": OmegaConf.to_container(cfg.eval),
         "pos_enc_name": cfg.pos_enc_name,
         "ckpt_path": str(cfg.ckpt_path),
     }
-    loggers = make_loggers(cfg.get("logger"))
-    try:
-        for logger in loggers:
-            logger.log_hyperparams({"config": scored_config, "trained_as": trained_name})
-        return score_and_record(
-            lit.model,
-            heldout,
-            lengths,
-            train_length=context,
-            eval_cfg=cfg.eval,
-            device=device,
-            loggers=loggers,
-            run={
-                "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
-                "pos_enc": cfg.pos_enc_name,
-                "seed": run_cfg.seed,
-                "group": cfg.run_group,
-                "output_dir": str(Path(cfg.paths.output_dir)),
-                "task": "eval",
-                "ckpt_path": str(cfg.ckpt_path),
-                "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
-                "trained_as": trained_name,
-                "variant": cfg.pos_enc_name,
-            },
-            config=scored_config,
-            data=datamodule.fingerprint,
-            train=checkpoint_train_figures(cfg.ckpt_path, context, lit),
-            output_dir=Path(cfg.paths.output_dir),
-        )
-    finally:
-        finish_wandb()
+    if len(variants) > 1:  # each variant's encoding is in its rows; the config holds the trained one
+        scored_config["pos_enc"] = read_checkpoint(cfg.ckpt_path)["hyper_parameters"]["pos_enc"]
+    rows = []
+    for name, lit in models.items():
+        lit.to(device)
+        loggers = make_loggers(_logger_config_for(cfg, name))
+        try:
+            for logger in loggers:
+                logger.log_hyperparams({"config": scored_config, "trained_as": trained_name, "variant": name})
+            scored = score(
+                lit.model, heldout, lengths, train_length=context, eval_cfg=cfg.eval, device=device, variant=name
+            )
+            log_extrapolation(loggers, scored)
+            rows += [row.to_dict() for row in scored]
+        finally:
+            finish_wandb()
+        lit.cpu()
+    results = build_results(
+        run={
+            "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
+            "pos_enc": cfg.pos_enc_name,
+            "seed": run_cfg.seed,
+            "group": cfg.run_group,
+            "output_dir": str(Path(cfg.paths.output_dir)),
+            "task": "eval",
+            "ckpt_path": str(cfg.ckpt_path),
+            "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
+            "trained_as": trained_name,
+            "variant": cfg.pos_enc_name if len(variants) == 1 else None,
+            "variants": list(models),
+        },
+        config=scored_config,
+        data=datamodule.fingerprint,
+        train=checkpoint_train_figures(cfg.ckpt_path, context, next(iter(models.values()))),
+        extrapolation=rows,
+    )
+    return record(results, Path(cfg.paths.output_dir))
+
+
+def _logger_config_for(cfg: DictConfig, variant: str) -> DictConfig | None:
+    """The logger config with the wandb run named after the variant: one run per variant, so a
+    dashboard overlays them like training runs."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg or "wandb" not in logger_cfg or logger_cfg.wandb is None:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        logger_cfg.wandb.name = f"{variant}-s{cfg.seed}"
+    return logger_cfg
 
 
 def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:

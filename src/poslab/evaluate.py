@@ -34,6 +34,7 @@ class ExtrapolationRow:
     loss: float | None = None  # mean nats per token
     ppl: float | None = None
     bpb: float | None = None  # bits per UTF-8 byte
+    variant: str | None = None  # the encoding (setting) the model was scored under
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -145,11 +145,27 @@ def collect(root: str | Path) -> Collection:
             log.warning("skipping %s: %s", path, reason)
             unreadable.append(Unreadable(path, reason))
             continue
-        runs.append(Run(results, path))
+        runs.extend(Run(part, path) for part in split_by_variant(results))
     # every Hydra job folder has a .hydra/ from its first second on
     job_folders = {hydra.parent for hydra in root.rglob(".hydra") if hydra.is_dir()}
     without_results = sorted(folder for folder in job_folders if not (folder / FILENAME).exists())
     return Collection(runs, unreadable, without_results)
+
+
+def split_by_variant(results: dict) -> list[dict]:
+    """An eval that scored one checkpoint under several variants (eval.variants) is one
+    results.json; the report shows each variant as its own run, on its own line."""
+    variants = list(dict.fromkeys(row.get("variant") for row in results["extrapolation"]))
+    if results["run"].get("task") != "eval" or len(variants) < 2:
+        return [results]
+    return [
+        {
+            **results,
+            "run": {**results["run"], "variant": variant, "pos_enc": variant},
+            "extrapolation": [row for row in results["extrapolation"] if row.get("variant") == variant],
+        }
+        for variant in variants
+    ]
 
 
 def check_shape(results: dict) -> None:

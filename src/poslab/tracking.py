@@ -23,7 +23,18 @@ log = logging.getLogger(__name__)
 WANDB_PROBE_TIMEOUT_S = 5.0
 WANDB_INIT_TIMEOUT_S = 20.0
 
-ROW_COLUMNS = ["eval_length", "length_ratio", "protocol", "status", "tokens_scored", "loss", "ppl", "bpb", "reason"]
+ROW_COLUMNS = [
+    "eval_length",
+    "length_ratio",
+    "protocol",
+    "status",
+    "tokens_scored",
+    "loss",
+    "ppl",
+    "bpb",
+    "reason",
+    "variant",
+]
 
 
 def _wandb_host() -> tuple[str, int]:
@@ -181,6 +192,39 @@ def format_rows(rows: list[ExtrapolationRow]) -> str:
     return "\n".join(lines)
 
 
+def score(model, heldout, lengths: list[int], *, train_length: int, eval_cfg, device, variant: str):
+    """The extrapolation sweep of one model (one variant), with progress on the console."""
+    log.info("%s: extrapolation sweep on %d held-out tokens at lengths %s", variant, len(heldout) - 1, lengths)
+    rows = extrapolation_sweep(
+        model,
+        heldout,
+        lengths,
+        train_length=train_length,
+        protocol=eval_cfg.protocol,
+        batch_tokens=eval_cfg.batch_tokens,
+        device=device,
+        progress=lambda row: log.info(
+            "  length %d: %s", row.eval_length, f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status
+        ),
+    )
+    for row in rows:
+        row.variant = variant
+    return rows
+
+
+def record(results: dict, output_dir) -> dict:
+    """results.json in the run folder, and the table on the console."""
+    path = write_results(results, output_dir)
+    rows = [ExtrapolationRow(**row) for row in results["extrapolation"]]
+    for variant in dict.fromkeys(row.variant for row in rows):
+        table = format_rows([row for row in rows if row.variant == variant])
+        log.info(
+            "%s (%s), trained at %s:\n%s", results["run"]["name"], variant, results["train"].get("train_context"), table
+        )
+    log.info("wrote %s", path)
+    return results
+
+
 def score_and_record(
     model,
     heldout,
@@ -196,25 +240,13 @@ def score_and_record(
     train: dict,
     output_dir,
 ) -> dict:
-    """The end of every job, trained or loaded: the extrapolation sweep, results.json in the run
-    folder, the same rows to wandb, and the table on the console. Returns the results."""
-    log.info("extrapolation sweep on %d held-out tokens at lengths %s", len(heldout) - 1, lengths)
-    rows = extrapolation_sweep(
-        model,
-        heldout,
-        lengths,
-        train_length=train_length,
-        protocol=eval_cfg.protocol,
-        batch_tokens=eval_cfg.batch_tokens,
-        device=device,
-        progress=lambda row: log.info(
-            "  length %d: %s", row.eval_length, f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status
-        ),
+    """The end of a training job: the extrapolation sweep, the rows to wandb, results.json in
+    the run folder, and the table on the console. Returns the results."""
+    rows = score(
+        model, heldout, lengths, train_length=train_length, eval_cfg=eval_cfg, device=device, variant=run["pos_enc"]
     )
+    log_extrapolation(loggers, rows)
     results = build_results(
         run=run, config=config, data=data, train=train, extrapolation=[row.to_dict() for row in rows]
     )
-    path = write_results(results, output_dir)
-    log_extrapolation(loggers, rows)
-    log.info("%s, trained at %d:\n%s\nwrote %s", run["name"], train_length, format_rows(rows), path)
-    return results
+    return record(results, output_dir)
