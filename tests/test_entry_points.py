@@ -182,3 +182,44 @@ def test_one_checkpoint_under_several_variants(monkeypatch, capfd, tmp_path, rop
     report = write_report(tmp_path).path.read_text()
     for variant in variants:
         assert f"| {variant} on rope checkpoint (2026-01-01_00-00-00_rope_abc123) |" in report
+
+
+def test_extend_finetune_from_a_checkpoint(tmp_path, text_corpus):
+    """experiment=extend_finetune: four jobs at 4x the checkpoint's context, from its weights.
+    Zero-shot plain RoPE is the checkpoint itself (the same numbers as its own run, scored on
+    the same tokens); PI runs at the fixed factor 4 measured against the original context."""
+    model = ["model.net.n_layer=1", "model.net.n_head=2", "model.net.n_embd=32"]
+    data = ["data=text_files", f"data.corpus.train={text_corpus}/*.txt"]
+    evaluation = ["eval.lengths=[16,32,64]", "eval.num_tokens=512", "logger=csv"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+
+    def poslab_train(*args):
+        out = subprocess.run(
+            [sys.executable, "-m", "poslab.train", *args], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    base = tmp_path / "base"
+    poslab_train(*data, *model, *evaluation, "data.context=16", "trainer.max_steps=20", f"hydra.run.dir={base}")
+    ckpt = base / "checkpoints" / "last.ckpt"
+    poslab_train(
+        "experiment=extend_finetune",
+        f"init_from={ckpt}",
+        *data,
+        *model,
+        *evaluation,
+        "trainer.max_steps=0,4",
+        "trainer.val_check_interval=4",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    )
+    jobs = {(r["run"]["pos_enc"], r["train"]["steps"]): r for r in map(read_results, find_results(tmp_path / "logs"))}
+    assert sorted(jobs) == [("rope", 0), ("rope", 4), ("rope_pi", 0), ("rope_pi", 4)]
+    for results in jobs.values():
+        assert results["config"]["data"]["context"] == 64 and results["config"]["original_context"] == 16
+    pi = jobs["rope_pi", 4]["config"]["pos_enc"]
+    assert pi["factor"] == 4 and pi["train_length"] == 16
+    assert jobs["rope", 0]["train"]["zero_shot"] and jobs["rope", 0]["train"]["train_context"] == 16
+    own = read_results(base / "results.json")
+    assert [r["loss"] for r in jobs["rope", 0]["extrapolation"]] == [r["loss"] for r in own["extrapolation"]]
+    report = next((tmp_path / "logs" / "multirun").iterdir()) / "report.md"
+    assert "| rope (trainer.max_steps=0) |" in report.read_text()

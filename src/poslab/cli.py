@@ -145,6 +145,17 @@ def _saved_run_group(folder: Path) -> str | None:
     return None
 
 
+def check_train_command_line(prog: str, argv: list[str]) -> list[str]:
+    """init_from names a checkpoint that must exist (its context names the run's context), and
+    the extension experiment needs one."""
+    init_from = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "init_from" and "=" in a]
+    if init_from and init_from[-1] not in ("", "null") and not Path(init_from[-1]).expanduser().is_file():
+        fail(prog, f"init_from={init_from[-1]}: no such file")
+    if "experiment=extend_finetune" in argv and not init_from:
+        fail(prog, "experiment=extend_finetune continues a checkpoint: give init_from=RUN/checkpoints/last.ckpt")
+    return resume_command_line(prog, argv)
+
+
 def resume_command_line(prog: str, argv: list[str]) -> list[str]:
     """`resume=DIR` becomes DIR's own overrides, pointed at DIR: Hydra then composes the same
     config, and each job finds its checkpoint or its finished results in its folder."""
@@ -216,7 +227,7 @@ def train_main() -> None:
 
         return hydra_main
 
-    run_console_script("poslab-train", entry_point, resume_command_line)
+    run_console_script("poslab-train", entry_point, check_train_command_line)
 
 
 def eval_main() -> None:

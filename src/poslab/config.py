@@ -49,6 +49,39 @@ def _position_range(positions: str, context: int, max_position: int | None) -> i
     return max_position if positions == "randomized" and max_position else context
 
 
+def _checkpoint_config(ckpt_path: str) -> dict:
+    import torch
+
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"init_from={ckpt_path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["poslab_config"]
+    except Exception as error:
+        raise ConfigError(f"init_from={ckpt_path}: not a poslab checkpoint ({type(error).__name__})") from error
+
+
+def _checkpoint_context(ckpt_path: str) -> int:
+    """The training context of a checkpoint."""
+    return int(_checkpoint_config(ckpt_path)["data"]["context"])
+
+
+def _original_context(init_from: str | None, context: int) -> int:
+    """The context weights were first trained at: this run's, or, continuing a checkpoint, the
+    checkpoint's own original context."""
+    if not init_from:
+        return context
+    saved = _checkpoint_config(init_from)
+    return int(saved.get("original_context") or saved["data"]["context"])
+
+
+def _times(factor, value) -> int:
+    product = float(factor) * float(value)
+    if not product.is_integer():
+        raise ConfigError(f"{factor} x {value} is not a whole number of tokens")
+    return int(product)
+
+
 def register_resolvers() -> None:
     """Resolvers used in conf/hydra and conf/eval.yaml; registered before Hydra composes."""
     for name, function in (
@@ -56,6 +89,9 @@ def register_resolvers() -> None:
         ("poslab.checkpoint_run", checkpoint_run_name),
         ("poslab.trained_encoding", _trained_encoding),
         ("poslab.position_range", _position_range),
+        ("poslab.checkpoint_context", _checkpoint_context),
+        ("poslab.original_context", _original_context),
+        ("poslab.times", _times),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function, use_cache=True)
@@ -163,9 +199,12 @@ def check_trainer_config(cfg: DictConfig) -> None:
     trainer = cfg.trainer
     if not trainer.get("fast_dev_run"):
         max_steps = trainer.get("max_steps", -1)
-        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0:
-            raise ConfigError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
-        _positive(cfg, "trainer.val_check_interval")
+        zero_shot = cfg.get("init_from") is not None and max_steps == 0  # score the checkpoint as it is
+        if not zero_shot and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0):
+            allowed = "a positive integer (0 only with init_from)"
+            raise ConfigError(f"trainer.max_steps must be {allowed}, got {max_steps!r}")
+        if not zero_shot:
+            _positive(cfg, "trainer.val_check_interval")
     accelerator = str(trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda"):
         import torch
@@ -196,12 +235,18 @@ TRAIN_KEYS = (
     "eval",
     "callbacks",
     "paths",
+    "init_from",
+    "extend_factor",
+    "original_context",
 )
 
 
 def check_train_config(cfg: DictConfig) -> list[int]:
     """Validate a composed training config; returns the absolute eval lengths. Every key is
     checked here once, and the message names it as it is written on the command line."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (no default), e.g. {missing[0]}=...")
     if "ckpt_path" in cfg:
         raise ConfigError(
             "ckpt_path is not a training setting: to continue a killed run use `poslab-train resume=RUN_DIR`; "

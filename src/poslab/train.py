@@ -61,6 +61,31 @@ def build(cfg: DictConfig):
     return datamodule, lit, lengths, heldout
 
 
+def start_from_checkpoint(lit: LitGPT, cfg: DictConfig) -> None:
+    """Load init_from's weights into the model (optimizer and schedule start fresh, as in the
+    context-extension papers). The model must be the same size and the encoding of the same family."""
+    from poslab.eval_checkpoint import encoding_family, read_checkpoint
+
+    checkpoint = read_checkpoint(cfg.init_from)
+    saved_net = checkpoint["hyper_parameters"]["net"]
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    differ = sorted(k for k in saved_net.keys() | net.keys() if saved_net.get(k) != net.get(k))
+    if differ:
+        settings = ", ".join(f"model.net.{k}={saved_net.get(k)}" for k in differ)
+        raise ConfigError(f"init_from={cfg.init_from}: the checkpoint's model differs; use its settings: {settings}")
+    trained = encoding_family(checkpoint["hyper_parameters"]["pos_enc"]["_target_"])
+    if encoding_family(cfg.pos_enc._target_) != trained:
+        raise ConfigError(
+            f"init_from={cfg.init_from}: the checkpoint was trained with a {trained} encoding; "
+            f"pos_enc={cfg.pos_enc_name} is not of that family"
+        )
+    try:
+        lit.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(f"init_from={cfg.init_from}: {str(error).splitlines()[0]}") from error
+    log.info("starting from the weights of %s (step %d)", cfg.init_from, checkpoint.get("global_step", 0))
+
+
 def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path | None]:
     """What an earlier attempt left in this job's folder: (ok results to reuse, checkpoint to
     resume from). A folder holding another config's work is refused, never overwritten."""
@@ -118,6 +143,8 @@ def train(cfg: DictConfig) -> dict | None:
     if finished is not None:
         return reuse(finished, output_dir)
     resumed_step = None
+    if cfg.get("init_from") and resume_from is None:
+        start_from_checkpoint(lit, cfg)
     if resume_from is not None:
         resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
         log_resumed_attempt_apart(cfg, resumed_step)
@@ -147,20 +174,24 @@ def train(cfg: DictConfig) -> dict | None:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
         started = time.perf_counter()
-        try:
-            trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        except DivergedError as error:
-            log.error("%s", error)
-            return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
+        zero_shot = cfg.get("init_from") and cfg.trainer.max_steps == 0
+        if not zero_shot:
+            try:
+                trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            except DivergedError as error:
+                log.error("%s", error)
+                return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
         wall_time = time.perf_counter() - started
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run:
+        if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run and not zero_shot:
             # ModelCheckpoint saves every n steps only; last.ckpt must hold the final weights
             # (called on every rank: Lightning writes from rank 0)
             trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
         if not trainer.is_global_zero:
             return None
 
+        # a zero-shot job's weights were trained at the original context, not at this one
+        train_context = cfg.original_context if zero_shot else cfg.data.context
         steps = trainer.global_step
         tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
         trained_tokens = (steps - (resumed_step or 0)) * cfg.data.batch_size * cfg.data.context * trainer.world_size
@@ -169,7 +200,7 @@ def train(cfg: DictConfig) -> dict | None:
             lit.model,
             heldout,
             lengths,
-            train_length=cfg.data.context,
+            train_length=train_context,
             eval_cfg=cfg.eval,
             device=lit.device,
             loggers=loggers,
@@ -185,7 +216,8 @@ def train(cfg: DictConfig) -> dict | None:
                 "parameters": lit.model.num_parameters(),
                 "train_loss": metrics.get("train/loss"),
                 "val_loss": metrics.get("val/loss"),
-                "train_context": cfg.data.context,
+                "train_context": train_context,
+                "zero_shot": bool(zero_shot),
             },
             output_dir=output_dir,
         )
@@ -230,4 +262,4 @@ def hydra_main(cfg: DictConfig) -> dict | None:
 
 if __name__ == "__main__":
     # `python -m poslab.train`: this module is the entry point (not imported a second time)
-    cli.run_console_script("poslab-train", lambda: hydra_main, cli.resume_command_line)
+    cli.run_console_script("poslab-train", lambda: hydra_main, cli.check_train_command_line)
