@@ -60,17 +60,23 @@ class StepBatches(Sampler[list[int]]):
 
     Batch s is the (s mod b)-th slice of a permutation of the windows seeded by (seed, s div b),
     where b is the number of whole batches in the training split. Indices are offset by the pass
-    times the number of windows (the dataset wraps them), so an item names its pass too. A run resumed at step s
-    therefore sees exactly the batches an uninterrupted run would have seen from step s on,
-    without storing any sampler state. Endless: training stops at trainer.max_steps.
+    times the number of windows (the dataset wraps them), so an item names its pass too. A run
+    resumed at step s therefore sees exactly the batches an uninterrupted run would have seen from
+    step s on, without storing any sampler state. Endless: training stops at trainer.max_steps.
+
+    With data parallelism, `batch_size` is the global batch and rank r of `world_size` takes the
+    r-th contiguous part of it, so the same global batch is seen on one process or on several.
     """
 
-    def __init__(self, num_windows: int, batch_size: int, seed: int, start_step: int = 0):
+    def __init__(
+        self, num_windows: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ):
         self.num_windows = num_windows
         self.batch_size = min(batch_size, num_windows)
         self.seed = seed
         self.start_step = start_step
         self.batches_per_pass = num_windows // self.batch_size
+        self.rank, self.world_size = rank, world_size
 
     def permutation(self, data_pass: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + data_pass)
@@ -82,6 +88,8 @@ class StepBatches(Sampler[list[int]]):
 
     def _slice(self, order: torch.Tensor, data_pass: int, index: int) -> list[int]:
         windows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        share = self.batch_size // self.world_size  # this rank's part of the global batch
+        windows = windows[self.rank * share : (self.rank + 1) * share]
         return (windows + data_pass * self.num_windows).tolist()
 
     def __iter__(self):
@@ -194,7 +202,9 @@ class TokenDataModule(pl.LightningDataModule):
             windows = Windows(self.tokens["train"], self.context)
         # On resume Lightning has restored the step before it asks for the data: start there.
         start_step = self.trainer.global_step if self.trainer is not None else 0
-        batches = StepBatches(len(windows), self.batch_size, self.seed, start_step)
+        # data.batch_size is per device (Lightning's convention); the sampler deals the global batch
+        world_size, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        batches = StepBatches(len(windows), self.batch_size * world_size, self.seed, start_step, rank, world_size)
         return DataLoader(windows, batch_sampler=batches, num_workers=self.num_workers)
 
     def val_dataloader(self):
