@@ -1,18 +1,30 @@
 """Each encoding against its paper's formula, and the model's attention against plain math."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from conftest import compose_config
+from poslab.config import CONFIG_DIR
 from poslab.encodings import (
+    FIRE,
+    KERPLE,
     ALiBi,
     Learned,
     LengthNotSupportedError,
     NoPE,
     RoPE,
+    RoPELlama3,
+    RoPENTK,
+    RoPEPartial,
     RoPEPositionInterpolation,
+    RoPEYaRN,
     Sinusoidal,
+    T5Bias,
+    XPos,
     alibi_slopes,
 )
 from poslab.model import GPT, CausalSelfAttention, causal_bias
@@ -27,11 +39,28 @@ def make_encoding(name: str):
         "learned": lambda: Learned(N_EMBD, max_length=CONTEXT),
         "rope": lambda: RoPE(N_EMBD, N_HEAD),
         "rope_pi": lambda: RoPEPositionInterpolation(N_EMBD, N_HEAD, train_length=CONTEXT),
+        "rope_ntk": lambda: RoPENTK(N_EMBD, N_HEAD, train_length=CONTEXT),
+        "rope_yarn": lambda: RoPEYaRN(N_EMBD, N_HEAD, train_length=CONTEXT),
+        "rope_llama3": lambda: RoPELlama3(N_EMBD, N_HEAD, train_length=CONTEXT),
+        "rope_base500k": lambda: RoPE(N_EMBD, N_HEAD, base=500000.0),
+        "rope_partial": lambda: RoPEPartial(N_EMBD, N_HEAD),
+        "xpos": lambda: XPos(N_EMBD, N_HEAD),
         "alibi": lambda: ALiBi(N_HEAD),
+        "t5_bias": lambda: T5Bias(N_HEAD),
+        "kerple": lambda: KERPLE(N_HEAD),
+        "fire": lambda: FIRE(N_HEAD),
     }[name]()
 
 
-ALL = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+ROTARY = ["rope", "rope_pi", "rope_ntk", "rope_yarn", "rope_llama3", "rope_base500k", "rope_partial"]
+BIAS = ["alibi", "t5_bias", "kerple", "fire"]
+ALL = ["nope", "sinusoidal", "learned", *ROTARY, "xpos", *BIAS]
+NEW = ["rope_ntk", "rope_yarn", "rope_llama3", "rope_base500k", "rope_partial", "xpos", "t5_bias", "kerple", "fire"]
+
+
+def random_positions(batch: int, length: int, high: int) -> torch.Tensor:
+    """Per-sample randomized positions: (B, T) sorted samples without replacement from [0, high)."""
+    return torch.stack([torch.randperm(high)[:length].sort().values for _ in range(batch)])
 
 
 def tiny_gpt(name: str) -> GPT:
@@ -59,7 +88,7 @@ def test_causality(name):
     assert not torch.allclose(a[:, 10:], b[:, 10:])
 
 
-@pytest.mark.parametrize("name", ["rope", "rope_pi"])
+@pytest.mark.parametrize("name", ROTARY)
 def test_rope_score_depends_only_on_offset(name):
     enc = make_encoding(name)
     q, k = torch.randn(1, N_HEAD, 1, N_EMBD // N_HEAD), torch.randn(1, N_HEAD, 1, N_EMBD // N_HEAD)
@@ -149,15 +178,18 @@ def test_learned_refuses_positions_past_its_table():
         model(torch.randint(0, 50, (1, CONTEXT + 1)))
 
 
-def test_bias_attention_equals_plain_softmax():
+@pytest.mark.parametrize("name", BIAS)
+@pytest.mark.parametrize("per_sample", [False, True], ids=["arange", "per_sample"])
+def test_bias_attention_equals_plain_softmax(name, per_sample):
+    """softmax(QK^T / sqrt(d) + bias) V by hand, with positions (T,) or sorted samples (B, T)."""
     torch.manual_seed(0)
     attn = CausalSelfAttention(N_EMBD, N_HEAD, dropout=0.0).eval()
-    enc = ALiBi(N_HEAD)
+    enc = make_encoding(name)
     B, T = 2, 12
     x = torch.randn(B, T, N_EMBD)
-    pos = torch.arange(T)
-    bias = causal_bias(enc.bias(pos, pos)).unsqueeze(0)
-    got = attn(x, pos, enc, bias)
+    pos = random_positions(B, T, 4 * T) if per_sample else torch.arange(T)
+    bias = causal_bias(enc.bias(pos, pos))
+    got = attn(x, pos, enc, bias if bias.dim() == 4 else bias.unsqueeze(0))
 
     q, k, v = attn.qkv(x).split(N_EMBD, dim=2)
     q, k, v = (t.view(B, T, N_HEAD, -1).transpose(1, 2) for t in (q, k, v))
@@ -181,8 +213,74 @@ def test_explicit_offset_positions(name):
     torch.testing.assert_close(both, torch.cat([first, second]), rtol=1e-5, atol=1e-5)
 
 
-def test_bad_sizes_name_the_key():
-    with pytest.raises(ValueError, match="model.n_head=5 must divide model.n_embd=32"):
-        GPT(vocab_size=10, n_layer=1, n_head=5, n_embd=32)
-    with pytest.raises(ValueError, match="model.n_layer"):
-        GPT(vocab_size=10, n_layer=0, n_head=4, n_embd=32)
+def test_bad_settings_name_the_config_key():
+    with pytest.raises(ValueError, match=r"model\.net\.n_embd / model\.net\.n_head, got 36/4=9"):
+        RoPE(36, 4)
+    with pytest.raises(ValueError, match=r"model\.net\.n_embd"):
+        Sinusoidal(33)
+    with pytest.raises(ValueError, match=r"model\.net\.n_head"):
+        ALiBi(0)
+    with pytest.raises(ValueError, match=r"pos_enc\.max_length"):
+        Learned(N_EMBD, max_length=0)
+    with pytest.raises(ValueError, match=r"pos_enc\.factor"):
+        RoPEYaRN(N_EMBD, N_HEAD, train_length=CONTEXT, factor=0.5)
+    with pytest.raises(ValueError, match=r"pos_enc\.train_length \(data\.context\)"):
+        RoPENTK(N_EMBD, N_HEAD, train_length=0)
+    with pytest.raises(ValueError, match=r"pos_enc\.fraction"):
+        RoPEPartial(N_EMBD, N_HEAD, fraction=1.5)
+    with pytest.raises(ValueError, match=r"pos_enc\.num_buckets"):
+        T5Bias(N_HEAD, num_buckets=32, max_distance=8)
+
+
+def test_family_names_what_a_checkpoint_can_be_scored_under():
+    families = {name: make_encoding(name).family for name in ALL}
+    assert {families[name] for name in ROTARY} == {"rotary"}
+    assert {name: families[name] for name in ALL if name not in ROTARY} == {
+        "nope": "nope",
+        "sinusoidal": "sinusoidal",
+        "learned": "learned",
+        "xpos": "xpos",
+        "alibi": "alibi",
+        "t5_bias": "t5_bias",
+        "kerple": "kerple",
+        "fire": "fire",
+    }
+
+
+@pytest.mark.parametrize("positions", ["arange", "randomized"])
+@pytest.mark.parametrize("name", NEW)
+def test_new_encodings_train_a_few_steps(name, positions):
+    """A tiny GPT takes AdamW steps on random tokens without NaN, and every trained weight of
+    the encoding gets a gradient (a bias that never reaches the logits would get none)."""
+    torch.manual_seed(0)
+    model = GPT(vocab_size=50, n_layer=2, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    B, T = 4, CONTEXT
+    losses = []
+    for _ in range(4):
+        idx = torch.randint(0, 50, (B, T + 1))
+        pos = random_positions(B, T, 4 * T) if positions == "randomized" else None
+        logits = model(idx[:, :-1], pos)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), idx[:, 1:].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        for pname, param in model.pos_enc.named_parameters():
+            assert param.grad is not None and torch.isfinite(param.grad).all(), pname
+            assert param.grad.abs().sum() > 0, pname
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses), losses
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_encoding_has_a_config_that_builds_it(name, tmp_path):
+    """conf/pos_enc/NAME.yaml cites its paper on the first line and, composed as the command line
+    would, builds the class and settings tested here with the model's and data's sizes."""
+    assert (Path(CONFIG_DIR) / "pos_enc" / f"{name}.yaml").read_text().startswith("# ")
+    sizes = [f"model.net.n_head={N_HEAD}", f"model.net.n_embd={N_EMBD}", f"data.context={CONTEXT}"]
+    cfg = compose_config("train", [f"pos_enc={name}", *sizes], tmp_path)
+    built, tested = instantiate(cfg.pos_enc), make_encoding(name)
+    assert type(built) is type(tested) and built.family == tested.family
+    for attribute in ("base", "train_length", "factor", "fraction", "scale_base", "num_buckets", "max_distance"):
+        assert getattr(built, attribute, None) == getattr(tested, attribute, None), attribute

@@ -2,17 +2,36 @@
 
 from poslab.encodings.absolute import Learned, Sinusoidal
 from poslab.encodings.base import LengthNotSupportedError, NoPE, PositionalEncoding
-from poslab.encodings.bias import ALiBi, alibi_slopes
-from poslab.encodings.rotary import RoPE, RoPEPositionInterpolation
+from poslab.encodings.bias import FIRE, KERPLE, ALiBi, T5Bias, alibi_slopes, t5_relative_bucket
+from poslab.encodings.rotary import (
+    RoPE,
+    RoPELlama3,
+    RoPENTK,
+    RoPEPartial,
+    RoPEPositionInterpolation,
+    RoPEYaRN,
+    ScaledRoPE,
+    XPos,
+)
 
 __all__ = [
+    "FIRE",
+    "KERPLE",
     "ALiBi",
     "Learned",
     "LengthNotSupportedError",
     "NoPE",
     "PositionalEncoding",
     "RoPE",
+    "RoPELlama3",
+    "RoPENTK",
+    "RoPEPartial",
     "RoPEPositionInterpolation",
+    "RoPEYaRN",
+    "ScaledRoPE",
     "Sinusoidal",
+    "T5Bias",
+    "XPos",
     "alibi_slopes",
+    "t5_relative_bucket",
 ]

@@ -17,10 +17,12 @@ class Sinusoidal(PositionalEncoding):
     tokens. `scale_embeddings=false` adds them unscaled.
     """
 
+    family = "sinusoidal"
+
     def __init__(self, n_embd: int, base: float = 10000.0, scale_embeddings: bool = True):
         super().__init__()
         if n_embd % 2:
-            raise ValueError(f"sinusoidal encoding needs an even model.n_embd, got {n_embd}")
+            raise ValueError(f"sinusoidal encoding needs an even model.net.n_embd, got {n_embd}")
         self.n_embd = n_embd
         self.base = base
         self.embedding_scale = n_embd**0.5 if scale_embeddings else 1.0
@@ -39,10 +41,12 @@ class Sinusoidal(PositionalEncoding):
 class Learned(PositionalEncoding):
     """A trained vector per position (GPT-2). Has nothing to say past its table."""
 
+    family = "learned"
+
     def __init__(self, n_embd: int, max_length: int):
         super().__init__()
         if max_length <= 0:
-            raise ValueError(f"learned encoding needs a positive max_length, got {max_length}")
+            raise ValueError(f"learned encoding needs a positive pos_enc.max_length, got {max_length}")
         self.max_length = max_length
         self.table = nn.Embedding(max_length, n_embd)
         nn.init.normal_(self.table.weight, std=0.02)

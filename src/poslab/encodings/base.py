@@ -20,6 +20,9 @@ class LengthNotSupportedError(ValueError):
 class PositionalEncoding(nn.Module):
     # Longest sequence the encoding can represent; None means any length.
     max_length: int | None = None
+    # Encodings of one family share trained weights' meaning; a checkpoint may be scored under
+    # another member of its family only (e.g. RoPE weights under PI, NTK or YaRN).
+    family: str = "none"
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Absolute encodings add to the token embeddings. x: (B, T, D), pos: (T,) or (B, T)."""
@@ -49,3 +52,5 @@ class PositionalEncoding(nn.Module):
 class NoPE(PositionalEncoding):
     """No positional information at all: the causal mask alone breaks permutation symmetry
     (Kazemnejad et al., 2023, "The Impact of Positional Encoding on Length Generalization")."""
+
+    family = "nope"

@@ -1,12 +1,26 @@
-"""Encodings that add a bias to the attention logits."""
+"""Encodings that add a bias to the attention logits: ALiBi, T5, KERPLE, FIRE.
+
+`bias(q_pos, k_pos)` is called once per forward and shared by every layer; the model folds the
+causal mask into it. Positions are integers of shape (T,) or (B, T) (per-sample positions, e.g.
+sorted samples from a larger range); the bias is (H, Tq, Tk) or (B, H, Tq, Tk) accordingly.
+
+Shapes: H heads, Tq query positions, Tk key positions; "..." is () or (B,).
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from poslab.encodings.base import PositionalEncoding
+
+
+def query_key_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+    """i - j for query position i and key position j: (..., Tq, Tk), >= 0 for keys in the past."""
+    return q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
@@ -22,7 +36,7 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
         return [start ** (i + 1) for i in range(n)]
 
     if n_head <= 0:
-        raise ValueError(f"ALiBi needs model.n_head >= 1, got {n_head}")
+        raise ValueError(f"ALiBi needs model.net.n_head >= 1, got {n_head}")
     closest = 2 ** math.floor(math.log2(n_head))
     slopes = power_of_two(closest)
     if closest != n_head:
@@ -33,11 +47,171 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
 class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: head h adds -slope_h * (i - j) to the logit of query i on key j."""
 
+    family = "alibi"
+
     def __init__(self, n_head: int):
         super().__init__()
         self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
 
     def bias(self, q_pos, k_pos):
-        distance = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).to(self.slopes.dtype)  # (..., Tq, Tk)
+        distance = -query_key_distance(q_pos, k_pos).to(self.slopes.dtype)  # (..., Tq, Tk)
         # (H, 1, 1) * (..., 1, Tq, Tk) -> (H, Tq, Tk) or (B, H, Tq, Tk)
         return self.slopes.view(-1, 1, 1) * distance.unsqueeze(-3)
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """table (H, N) at index (..., Tq, Tk) -> (..., H, Tq, Tk).
+
+    Advanced indexing rather than F.embedding: on CPU its backward (an index_put) is 2-4x faster
+    than embedding's for the (B, Tq, Tk) indices of per-sample positions.
+    """
+    return table[:, index].movedim(0, -3)
+
+
+def t5_relative_bucket(distance: torch.Tensor, num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """T5's bucketing of a query-key distance i - j, unidirectional (causal) form.
+
+    Raffel et al., T5 (arXiv 1910.10683), section 2.1, and Mesh TensorFlow's
+    `_relative_position_bucket`: keys in the future share bucket 0 with distance 0; distances below
+    num_buckets/2 get a bucket each; longer ones are log-spaced over the other half up to
+    max_distance, and everything beyond shares the last bucket.
+    """
+    distance = distance.clamp(min=0)
+    exact = num_buckets // 2
+    # clamp only keeps log() finite for the short distances, which take the exact branch anyway
+    log_ratio = torch.log(distance.clamp(min=exact).float() / exact) / math.log(max_distance / exact)
+    far = exact + (log_ratio * (num_buckets - exact)).long()  # .long() truncates: floor of a positive
+    far = far.clamp(max=num_buckets - 1)
+    return torch.where(distance < exact, distance, far)
+
+
+class T5Bias(PositionalEncoding):
+    """T5's relative position bias (Raffel et al., arXiv 1910.10683, section 2.1): a learned scalar
+    per head and distance bucket (see `t5_relative_bucket`). Like T5, one table serves every layer.
+
+    The table starts at N(0, 0.02), the GPT's embedding init, so at initialisation the model is
+    close to NoPE and learns its distance profile from the first step.
+    """
+
+    family = "t5_bias"
+
+    def __init__(self, n_head: int, num_buckets: int = 32, max_distance: int = 128):
+        super().__init__()
+        if num_buckets < 2 or max_distance <= num_buckets // 2:
+            raise ValueError(
+                f"pos_enc.num_buckets must be >= 2 and pos_enc.max_distance > num_buckets / 2, "
+                f"got {num_buckets} and {max_distance}"
+            )
+        self.num_buckets = num_buckets
+        self.max_distance = max_distance
+        self.table = nn.Parameter(0.02 * torch.randn(n_head, num_buckets))  # (H, buckets)
+
+    def bias(self, q_pos, k_pos):
+        buckets = t5_relative_bucket(query_key_distance(q_pos, k_pos), self.num_buckets, self.max_distance)
+        return lookup(self.table, buckets)
+
+
+class KERPLE(PositionalEncoding):
+    """KERPLE, logarithmic variant (Chi et al., arXiv 2205.09921):
+    bias = -r1 * log(1 + r2 * |i - j|), with r1, r2 > 0 learned per head.
+
+    Positivity as in the paper's code (chijames/KERPLE): the stored values are clamped at
+    eps = 0.01 before each use, so the state dict holds the values in use. Init as there too:
+    r1 ~ U(0, 2), r2 ~ U(0, 1). The paper learns r1, r2 per layer; here one pair per head serves
+    every layer, since the model computes one bias per forward.
+    """
+
+    family = "kerple"
+
+    def __init__(self, n_head: int, eps: float = 1e-2):
+        super().__init__()
+        self.eps = eps
+        self.r1 = nn.Parameter(2 * torch.rand(n_head))
+        self.r2 = nn.Parameter(torch.rand(n_head))
+
+    def bias(self, q_pos, k_pos):
+        # through .data: a clamp that autograd does not track, as in the reference code
+        self.r1.data.clamp_(min=self.eps)
+        self.r2.data.clamp_(min=self.eps)
+        distance = query_key_distance(q_pos, k_pos).abs().float().unsqueeze(-3)  # (..., 1, Tq, Tk)
+        return -self.r1.view(-1, 1, 1) * torch.log1p(self.r2.view(-1, 1, 1) * distance)
+
+
+class FIRE(PositionalEncoding):
+    """FIRE, Li et al., "Functional Interpolation for Relative Positions Improves Long Context
+    Transformers" (arXiv 2310.04418), section 3:
+
+        bias(i, j) = f(psi(i - j) / psi(max(L, i))),    psi(x) = log(c x + 1)
+
+    f is an MLP 1 -> `hidden` -> H (ReLU), c and the threshold L are learned. Dividing by psi of
+    the query position maps every distance into [0, 1] whatever the length ("progressive
+    interpolation"); L keeps the normaliser from being tiny for the first positions.
+
+    As in the paper's reference code (its appendix): c starts at 0.1 and enters as |c|; L is
+    |threshold_scale * init_threshold| with threshold_scale a learned multiplier starting at 1
+    (so L learns at a rate relative to its size), init_threshold 512; eps 1e-6 in the normaliser.
+    That code gives each layer its own FIRE; here one serves every layer, since the model computes
+    one bias per forward.
+
+    Initialisation of f differs from the reference code on purpose: the same magnitudes as
+    PyTorch's default Linear init, with signs chosen (input weights >= 0, output weights <= 0,
+    output bias so that f(0) = 0) so that every head starts with a bias that is 0 at distance 0
+    and non-increasing with distance: a locality prior like ALiBi's and KERPLE's, instead of a
+    random profile. Plain parameters rather than nn.Linear, so the host model's init leaves them be.
+    """
+
+    family = "fire"
+
+    def __init__(
+        self,
+        n_head: int,
+        hidden: int = 32,
+        init_c: float = 0.1,
+        init_threshold: float = 512.0,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        if hidden <= 0 or init_c <= 0 or init_threshold <= 0:
+            raise ValueError(
+                f"pos_enc.hidden, pos_enc.init_c and pos_enc.init_threshold must be positive, "
+                f"got {hidden}, {init_c}, {init_threshold}"
+            )
+        self.init_threshold = float(init_threshold)
+        self.eps = eps
+        self.c = nn.Parameter(torch.tensor(float(init_c)))
+        self.threshold_scale = nn.Parameter(torch.tensor(1.0))
+        # f(x) = w2 @ relu(w1 * x + b1) + b2; default Linear bounds are 1/sqrt(fan_in)
+        self.w1 = nn.Parameter(torch.rand(hidden))  # fan_in 1: |U(-1, 1)|
+        self.b1 = nn.Parameter(2 * torch.rand(hidden) - 1)
+        self.w2 = nn.Parameter(-torch.rand(n_head, hidden) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(-(self.w2 @ torch.relu(self.b1)).detach())
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """f: (...,) -> (..., H)."""
+        return F.linear(torch.relu(x.unsqueeze(-1) * self.w1 + self.b1), self.w2, self.b2)
+
+    def threshold(self) -> torch.Tensor:
+        return (self.threshold_scale * self.init_threshold).abs()
+
+    def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """psi(i - j) / psi(max(L, i)): (..., Tq, Tk), in [0, 1] for keys in the past."""
+        q_pos, k_pos = q_pos.float(), k_pos.float()
+        c = self.c.abs()
+        distance = query_key_distance(q_pos, k_pos).abs()
+        normaliser = torch.log1p(c * torch.maximum(q_pos, self.threshold())) + self.eps  # (..., Tq)
+        return torch.log1p(c * distance) / normaliser.unsqueeze(-1)
+
+    def bias(self, q_pos, k_pos):
+        if not q_pos.is_floating_point() and not k_pos.is_floating_point() and q_pos.max() <= self.threshold():
+            # Every query is within L, so psi(max(L, i)) = psi(L) and the bias depends on |i - j|
+            # alone: run f once per distance and look it up, instead of once per (query, key) pair.
+            distance = query_key_distance(q_pos, k_pos).abs()  # (..., Tq, Tk)
+            c = self.c.abs()
+            steps = torch.arange(int(distance.max()) + 1, device=distance.device, dtype=torch.float32)
+            table = self.mlp(torch.log1p(c * steps) / (torch.log1p(c * self.threshold()) + self.eps))  # (D, H)
+            return lookup(table.t(), distance)
+        x = self.normalized_distance(q_pos, k_pos)
+        # f's hidden layer holds (..., rows, Tk, hidden) values: a few million per chunk of query
+        # rows keeps long evaluations within memory (with autograd on, it is kept either way)
+        rows = max(1, 2**24 // (x[..., 0, :].numel() * self.w1.numel()))
+        return torch.cat([self.mlp(part) for part in x.split(rows, dim=-2)], dim=-3).movedim(-1, -3)

@@ -1,16 +1,32 @@
-"""The rotary family: RoPE and its context-extension schemes.
+"""The rotary family: RoPE and its context-extension schemes; and xPos, RoPE with a decay.
 
-Every member rotates each (query, key) channel pair by angle ``pos * inv_freq[i]``; a member is one
-choice of ``frequencies(length)``: Position Interpolation divides the frequencies by the extension
-factor, NTK-aware scaling changes the base, YaRN ramps between the two per frequency. Nothing here
-is a trained weight, so the same checkpoint can be evaluated under any member.
+Every member rotates each (query, key) channel pair i by the angle ``pos * inv_freq[i]``; a member
+is one choice of ``frequencies(length) -> (inv_freq, logit_factor)``:
 
-Channel pairing: channel i is paired with channel i + head_dim/2 (the GPT-NeoX / LLaMA layout).
-RoFormer pairs (2i, 2i+1); the two are the same rotation up to a fixed permutation of the head
-dimensions, which the learned projections absorb.
+    RoPE                        inv_freq[i] = base^(-2i/d)                      (d = head size)
+    RoPEPositionInterpolation   inv_freq / s
+    RoPENTK                     the same formula with base' = base * s^(d/(d-2))
+    RoPEYaRN                    a per-pair ramp between inv_freq and inv_freq / s, and a temperature
+    RoPELlama3                  a per-wavelength blend between inv_freq and inv_freq / s
+    RoPEPartial                 inv_freq for the fastest pairs, 0 (no rotation) for the rest
+
+A scaling member's scale s is `factor` when that is a number (a fixed scale, as after fine-tuning)
+and max(1, length / train_length) when it is null (zero-shot: the scale follows the sequence, and
+within the training context the member is plain RoPE). Nothing here is a trained weight, so a
+checkpoint trained with any member can be scored under any other (`family = "rotary"`); xPos's
+decay changes what the weights mean, so it is a family of its own.
+
+inv_freq decreases with i: pair 0 is the fastest (highest-frequency) pair. Channel pairing: channel
+i is paired with channel i + d/2 (the GPT-NeoX / LLaMA layout, as in transformers); RoFormer pairs
+(2i, 2i+1). The two are the same rotation up to a fixed permutation of the head channels, which the
+learned projections absorb.
+
+Shapes: pos (T,) or (B, T); q, k (B, H, T, d); angles (..., T, d/2).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -22,59 +38,284 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def rope_inv_freq(head_dim: int, base: float) -> torch.Tensor:
+    """RoFormer's frequencies base^(-2i/d), i = 0 .. d/2 - 1, in float64."""
+    return base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
 class RoPE(PositionalEncoding):
-    """Su et al., RoFormer (arXiv 2104.09864): inv_freq[i] = base^(-2i / head_dim)."""
+    """Su et al., RoFormer (arXiv 2104.09864), section 3.2: inv_freq[i] = base^(-2i / head_dim)."""
+
+    family = "rotary"
 
     def __init__(self, n_embd: int, n_head: int, base: float = 10000.0):
         super().__init__()
-        if n_embd % n_head:
-            raise ValueError(f"model.n_head={n_head} must divide model.n_embd={n_embd}")
         head_dim = n_embd // n_head
         if head_dim % 2:
-            raise ValueError(f"rotary encodings need an even head size, got n_embd/n_head={head_dim}")
+            raise ValueError(
+                f"rotary encodings need an even head size model.net.n_embd / model.net.n_head, "
+                f"got {n_embd}/{n_head}={head_dim}"
+            )
+        if base <= 1:
+            raise ValueError(f"pos_enc.base must be greater than 1, got {base}")
         self.head_dim = head_dim
-        self.base = base
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        self.base = float(base)
         # not persistent: a checkpoint must not pin a scaling, so any member can load it
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, self.base).float(), persistent=False)
 
     def frequencies(self, length: int) -> tuple[torch.Tensor, float]:
-        """Per-pair angular frequencies for a sequence of `length` positions, and the factor by
-        which attention logits are multiplied (1 for all but YaRN)."""
+        """Per-pair angular frequencies (d/2,) for a sequence of `length` positions, and the factor
+        by which the attention logits are multiplied (1 for all but YaRN)."""
         return self.inv_freq, 1.0
 
     def angles(self, pos: torch.Tensor) -> torch.Tensor:
+        """pos (T,) or (B, T) -> angles (..., T, d/2), always float32: under bf16 autocast a bf16
+        position would be exact only up to 256 (elementwise products are not autocast)."""
         inv_freq, _ = self.frequencies(int(pos.max()) + 1)
-        return pos.to(inv_freq.dtype).unsqueeze(-1) * inv_freq  # (..., T, head_dim/2)
+        return pos.float().unsqueeze(-1) * inv_freq.float()
+
+    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of the angles, laid out for the (i, i + d/2) pairing: (..., T, d)."""
+        angles = self.angles(pos)
+        if angles.dim() == 3:  # per-sample positions (B, T, d/2): broadcast over heads
+            angles = angles.unsqueeze(1)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
 
     def rotate(self, q, k, pos):
-        angles = self.angles(pos)
-        if angles.dim() == 3:  # per-sample positions (B, T, hd/2): broadcast over heads
-            angles = angles.unsqueeze(1)
-        cos = torch.cat((angles.cos(), angles.cos()), dim=-1).to(q.dtype)
-        sin = torch.cat((angles.sin(), angles.sin()), dim=-1).to(q.dtype)
+        cos, sin = self.cos_sin(pos)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
     def logit_scale(self, length: int) -> float:
+        # The model passes the sequence length T, while rotate() takes the length from the
+        # positions (pos.max() + 1); they agree for positions 0..T-1, as sequences are scored.
         return self.frequencies(length)[1]
 
 
-class RoPEPositionInterpolation(RoPE):
-    """Chen et al., Position Interpolation (arXiv 2306.15595).
+class ScaledRoPE(RoPE):
+    """A context-extension member: RoPE plus a scale s = `factor`, or max(1, length / train_length)
+    when `factor` is null. Subclasses override only `frequencies`."""
 
-    A sequence of L > train_length positions is squeezed into the trained range: position p is
-    used as p * train_length / L, which is the same as dividing every frequency by
-    scale = L / train_length. Within the training context scale is 1 and this is plain RoPE.
-    """
-
-    def __init__(self, n_embd: int, n_head: int, train_length: int, base: float = 10000.0):
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        train_length: int,
+        factor: float | None = None,
+        base: float = 10000.0,
+    ):
         super().__init__(n_embd, n_head, base)
         if train_length <= 0:
-            raise ValueError(f"rope_pi needs a positive train_length (data.context), got {train_length}")
+            raise ValueError(f"pos_enc.train_length (data.context) must be positive, got {train_length}")
+        if factor is not None and not factor >= 1:
+            raise ValueError(f"pos_enc.factor must be null (follow the sequence) or a number >= 1, got {factor}")
         self.train_length = train_length
+        self.factor = None if factor is None else float(factor)
 
     def scale(self, length: int) -> float:
+        if self.factor is not None:
+            return self.factor
         return max(1.0, length / self.train_length)
+
+
+class RoPEPositionInterpolation(ScaledRoPE):
+    """Chen et al., Position Interpolation (arXiv 2306.15595).
+
+    Position p is used as p / s, which is the same as dividing every frequency by s. transformers:
+    rope_type "linear" with factor s.
+    """
 
     def frequencies(self, length):
         return self.inv_freq / self.scale(length), 1.0
+
+
+class RoPENTK(ScaledRoPE):
+    """NTK-aware scaling (bloc97, 2023; formalised in the YaRN paper, arXiv 2309.00071, section 3.1).
+
+    The base becomes b' = b * s^(d/(d-2)): the fastest pair keeps its frequency and the slowest
+    (i = d/2 - 1) is divided by exactly s, so high frequencies extrapolate and low ones interpolate.
+    With factor null this is dynamic NTK: transformers' rope_type "dynamic" with factor 1.
+    """
+
+    def frequencies(self, length):
+        s = self.scale(length)
+        if s == 1.0:
+            return self.inv_freq, 1.0
+        base = self.base * s ** (self.head_dim / (self.head_dim - 2))
+        return rope_inv_freq(self.head_dim, base).to(self.inv_freq), 1.0
+
+
+class RoPEYaRN(ScaledRoPE):
+    """Peng et al., YaRN (arXiv 2309.00071): NTK-by-parts (section 3.2) plus a temperature (3.4).
+
+    Pair i completes r_i = train_length / wavelength_i = train_length * inv_freq[i] / 2pi rotations
+    over the training context. Pairs with r_i >= beta_fast keep their frequency, pairs with
+    r_i <= beta_slow are interpolated (inv_freq / s), the ones between are blended by a ramp.
+
+    The paper's ramp gamma(r) (section 3.2) is linear in r. Its reference code (jquesnelle/yarn)
+    and transformers' rope_type "yarn" (default truncate=True) ramp linearly in the pair index
+    instead, between floor(i where r = beta_fast), clamped at 0, and ceil(i where r = beta_slow).
+    This class follows the code, whose numbers the released YaRN models and transformers use. The
+    two agree outside the ramp, except that the clamp keeps pair 0 unscaled even when it turns
+    fewer than beta_fast times (a training context shorter than 2pi * beta_fast ~ 201).
+
+    Temperature (section 3.4): sqrt(1/t) = 0.1 ln s + 1. transformers multiplies cos and sin by that
+    factor, which multiplies the logits by its square; `logit_factor` is that square, 1/t, applied
+    once to the logits. (transformers' attention_factor is this formula when it, mscale and
+    mscale_all_dim are unset, its default; DeepSeek-style configs set the latter two.)
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        train_length: int,
+        factor: float | None = None,
+        base: float = 10000.0,
+        beta_fast: float = 32.0,
+        beta_slow: float = 1.0,
+    ):
+        super().__init__(n_embd, n_head, train_length, factor, base)
+        if not beta_fast > beta_slow > 0:
+            raise ValueError(
+                f"pos_enc.beta_fast must exceed pos_enc.beta_slow, both positive; got {beta_fast} and {beta_slow}"
+            )
+        self.beta_fast = beta_fast
+        self.beta_slow = beta_slow
+
+    def pair_index(self, rotations: float) -> float:
+        """The (fractional) pair index i at which r_i = `rotations`: solves
+        train_length * base^(-2i/d) / 2pi = rotations for i."""
+        return self.head_dim * math.log(self.train_length / (2 * math.pi * rotations)) / (2 * math.log(self.base))
+
+    def frequencies(self, length):
+        s = self.scale(length)
+        if s == 1.0:
+            return self.inv_freq, 1.0
+        low = max(math.floor(self.pair_index(self.beta_fast)), 0)
+        high = math.ceil(self.pair_index(self.beta_slow))
+        if high == low:  # one pair: a step instead of a ramp
+            high += 0.001
+        pair = torch.arange(self.head_dim // 2, dtype=torch.float32, device=self.inv_freq.device)
+        ramp = ((pair - low) / (high - low)).clamp(0, 1)  # 0: keep the frequency, 1: interpolate
+        inv_freq = self.inv_freq * (1 - ramp) + (self.inv_freq / s) * ramp
+        temperature = 0.1 * math.log(s) + 1  # sqrt(1/t)
+        return inv_freq, temperature**2
+
+
+class RoPELlama3(ScaledRoPE):
+    """Llama 3.1's RoPE scaling (Meta, "The Llama 3 Herd of Models", arXiv 2407.21783; the rule is
+    in the released code, transformers' rope_type "llama3").
+
+    With r_i = train_length / wavelength_i as in YaRN: pairs with r_i >= high_freq_factor keep their
+    frequency, pairs with r_i <= low_freq_factor are divided by s, and in between the frequency is
+    blended linearly in r_i (which is the YaRN paper's ramp gamma(r) with alpha = low_freq_factor,
+    beta = high_freq_factor).
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        train_length: int,
+        factor: float | None = None,
+        base: float = 10000.0,
+        low_freq_factor: float = 1.0,
+        high_freq_factor: float = 4.0,
+    ):
+        super().__init__(n_embd, n_head, train_length, factor, base)
+        if not high_freq_factor > low_freq_factor > 0:
+            raise ValueError(
+                "pos_enc.high_freq_factor must exceed pos_enc.low_freq_factor, both positive; "
+                f"got {high_freq_factor} and {low_freq_factor}"
+            )
+        self.low_freq_factor = low_freq_factor
+        self.high_freq_factor = high_freq_factor
+
+    def frequencies(self, length):
+        s = self.scale(length)
+        if s == 1.0:
+            return self.inv_freq, 1.0
+        rotations = self.train_length * self.inv_freq / (2 * math.pi)  # r_i
+        smooth = (rotations - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        smooth = smooth.clamp(0, 1)  # 0: divide by s, 1: keep
+        return (1 - smooth) * self.inv_freq / s + smooth * self.inv_freq, 1.0
+
+
+class RoPEPartial(RoPE):
+    """p-RoPE, Barbero et al., "Round and Round We Go! What makes Rotary Positional Encodings
+    useful?" (arXiv 2410.06205).
+
+    Only the fastest floor(fraction * d/2) pairs rotate, at their RoPE frequencies; the slowest
+    pairs get frequency 0 and carry no position, which the paper finds models use as semantic
+    channels. fraction=1 is RoPE, fraction=0 is NoPE. transformers: rope_type "proportional" with
+    partial_rotary_factor = fraction.
+    """
+
+    def __init__(self, n_embd: int, n_head: int, fraction: float = 0.75, base: float = 10000.0):
+        super().__init__(n_embd, n_head, base)
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"pos_enc.fraction must be in [0, 1], got {fraction}")
+        self.fraction = fraction
+        self.rotating_pairs = int(fraction * self.head_dim // 2)
+        # inv_freq decreases with the pair index, so the fastest pairs are the first ones
+        rotates = torch.arange(self.head_dim // 2) < self.rotating_pairs
+        self.register_buffer("rotates", rotates, persistent=False)
+
+    def frequencies(self, length):
+        return self.inv_freq * self.rotates, 1.0
+
+
+class XPos(RoPE):
+    """Sun et al., "A Length-Extrapolatable Transformer" (xPos, arXiv 2212.10554), section 3.
+
+    RoPE plus an exponential decay: pair i has zeta_i = (2i/d + gamma) / (1 + gamma), the query at
+    position n is scaled by zeta^(n / scale_base) and the key at m by zeta^(-m / scale_base), so
+    the score is multiplied by zeta^((n - m) / scale_base) and still depends only on n - m.
+
+    Numerics: only n - m matters, so the exponent uses positions relative to the centre of each
+    sequence's positions (the reference code, torchscale, centres too): the scaled queries and keys
+    then depend on the span of the positions, not on their offset, so sampled or shifted positions
+    far from 0 stay finite. What remains is the span: a query-key product grows as
+    zeta_0^(-(m - n) / scale_base) for a key m in the future, and those masked logits must stay
+    finite (a kernel that adds the -inf mask to an inf logit gets NaN). `max_length` is therefore
+    where |ln zeta_0| * length / scale_base reaches 80, under float32's and bf16's ln(max) ~ 88
+    (~32.7k positions at the defaults); float16 overflows far earlier.
+
+    Training and scoring use plain causal attention; the paper's blockwise-causal evaluation is not
+    used. The decay makes its weights mean something else than RoPE's: family "xpos".
+    """
+
+    family = "xpos"
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        base: float = 10000.0,
+        scale_base: float = 512.0,
+        gamma: float = 0.4,
+    ):
+        super().__init__(n_embd, n_head, base)
+        if scale_base <= 0 or gamma <= 0:
+            raise ValueError(f"pos_enc.scale_base and pos_enc.gamma must be positive, got {scale_base}, {gamma}")
+        self.scale_base = float(scale_base)
+        self.gamma = float(gamma)
+        zeta = (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim + gamma) / (1 + gamma)
+        self.register_buffer("zeta", zeta.float(), persistent=False)
+        largest_exponent = 80.0
+        self.max_length = int(largest_exponent * scale_base / -math.log(zeta[0].item()))
+
+    def rotate(self, q, k, pos):
+        cos, sin = self.cos_sin(pos)  # (..., T, d)
+        pos = pos.float()
+        centre = (pos.amin(-1, keepdim=True) + pos.amax(-1, keepdim=True)) / 2
+        power = ((pos - centre) / self.scale_base).unsqueeze(-1)  # (..., T, 1)
+        scale = self.zeta.float() ** power  # (..., T, d/2)
+        if scale.dim() == 3:  # per-sample positions: broadcast over heads
+            scale = scale.unsqueeze(1)
+        scale = torch.cat((scale, scale), dim=-1)
+        q_cos, q_sin = (cos * scale).to(q.dtype), (sin * scale).to(q.dtype)
+        k_cos, k_sin = (cos / scale).to(k.dtype), (sin / scale).to(k.dtype)
+        return q * q_cos + _rotate_half(q) * q_sin, k * k_cos + _rotate_half(k) * k_sin
