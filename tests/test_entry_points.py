@@ -173,6 +173,8 @@ def test_one_checkpoint_under_several_variants(monkeypatch, capfd, tmp_path, rop
     (path,) = find_results(tmp_path)
     results = read_results(path)
     assert results["run"]["variants"] == variants and results["run"]["trained_as"] == "rope"
+    for variant in variants:  # each variant keeps its own CSV log
+        assert (path.parent / "csv" / variant / "hparams.yaml").is_file()
     loss = {(row["variant"], row["eval_length"]): row["loss"] for row in results["extrapolation"]}
     assert sorted(loss) == sorted((v, n) for v in variants for n in (16, 64))
     for variant in variants[1:]:  # within the training context every scaling member is plain RoPE
@@ -223,3 +225,28 @@ def test_extend_finetune_from_a_checkpoint(tmp_path, text_corpus):
     assert [r["loss"] for r in jobs["rope", 0]["extrapolation"]] == [r["loss"] for r in own["extrapolation"]]
     report = next((tmp_path / "logs" / "multirun").iterdir()) / "report.md"
     assert "| rope (trainer.max_steps=0) |" in report.read_text()
+
+
+def test_the_readme_worked_example_of_a_new_encoding(monkeypatch, tmp_path, text_corpus):
+    """The class and YAML of README's "Adding an encoding", as written there, train and score."""
+    text = README.read_text()
+    section = text[text.index("## Adding an encoding") : text.index("## Development")]
+    python_block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    yaml_block = re.findall(r"```yaml\n(.*?)```", section, re.S)[1]
+    (tmp_path / "my_encodings.py").write_text(
+        "import torch\nfrom torch import nn\n\nfrom poslab.encodings.base import PositionalEncoding\n\n\n"
+        + python_block
+    )
+    conf = tmp_path / "my_conf" / "pos_enc"
+    conf.mkdir(parents=True)
+    (conf / "log_distance.yaml").write_text(
+        yaml_block.replace("poslab.encodings.bias.LogDistanceBias", "my_encodings.LogDistanceBias")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [f"--config-dir={conf.parent}", "pos_enc=log_distance", "data=text_files"]
+    args += [f"data.corpus.train={text_corpus}/*.txt", *TINY, "trainer.max_steps=3", f"paths.log_dir={tmp_path}"]
+    assert run_console(monkeypatch, cli.train_main, *args) == 0
+    (path,) = find_results(tmp_path)
+    results = read_results(path)
+    assert results["run"]["pos_enc"] == "log_distance" and results["status"] == "ok"
+    assert [row["status"] for row in results["extrapolation"]] == ["ok", "ok", "ok"]

@@ -1,4 +1,4 @@
-"""The extrapolation sweep's arithmetic and its protocol."""
+"""The extrapolation sweep's arithmetic and its protocol; intervals over seeds."""
 
 import math
 
@@ -9,6 +9,7 @@ import torch
 from poslab.data.datamodule import Windows
 from poslab.encodings import Learned, NoPE
 from poslab.evaluate import extrapolation_sweep
+from poslab.intervals import t_interval, t_quantile
 from poslab.model import GPT
 
 
@@ -59,5 +60,30 @@ def test_unsupported_lengths_are_recorded_and_the_sweep_goes_on():
 
 
 def test_unknown_protocol_is_refused():
-    with pytest.raises(ValueError, match="eval.protocol='sliding_window'"):
-        extrapolation_sweep(UniformModel(256), np.zeros(65, np.uint8), [64], 64, protocol="sliding_window")
+    with pytest.raises(ValueError, match="eval.protocols: 'sliding_window' is not one of nonoverlapping, sliding"):
+        extrapolation_sweep(UniformModel(256), np.zeros(65, np.uint8), [64], 64, protocols=["sliding_window"])
+
+
+# Student t quantiles t_{0.975, df} from a printed table (e.g. NIST/SEMATECH e-Handbook, 1.3.6.7.2)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 10: 2.228, 30: 2.042, 100: 1.984}
+
+
+def test_t_quantile_matches_the_printed_table():
+    for df, printed in T_975.items():
+        assert t_quantile(0.975, df) == pytest.approx(printed, abs=5e-4)
+    assert t_quantile(0.995, 1) == pytest.approx(63.657, abs=5e-3)  # a 99 percent interval from two seeds
+    assert t_quantile(0.975, 10**6) == pytest.approx(1.960, abs=5e-4)  # the normal limit
+
+
+def test_t_interval_by_hand():
+    # n = 2: mean 2, s = sqrt(2), s / sqrt(2) = 1, times t_{0.975,1}
+    assert t_interval([1.0, 3.0]) == pytest.approx((2.0, 12.7062), abs=1e-4)
+    # n = 3: mean 2, s = 1, s / sqrt(3) = 0.57735, times t_{0.975,2} = 4.30265
+    mean, half = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.30265 / math.sqrt(3), abs=1e-4)  # 2.4841
+    # n = 5: the quickstart's in-length ppl style, mean 8.0, s^2 = (0.04+0.01+0+0.01+0.04)/4 = 0.025
+    mean, half = t_interval([7.8, 7.9, 8.0, 8.1, 8.2])
+    assert mean == pytest.approx(8.0) and half == pytest.approx(2.77645 * math.sqrt(0.025) / math.sqrt(5), abs=1e-4)
+    assert t_interval([8.13]) == (8.13, None)  # one seed: no spread to measure
+    mean, half = t_interval([1.0, 2.0, 3.0], confidence=0.90)  # t_{0.95,2} = 2.91999
+    assert half == pytest.approx(2.91999 / math.sqrt(3), abs=1e-4)

@@ -49,7 +49,17 @@ BAD_TRAIN_INPUT = [
     ("data.context=-4", "data.context must be a positive integer, got -4"),
     ("data.batch_size=0", "data.batch_size must be a positive integer, got 0"),
     ("data.context=100000000 eval.lengths=[16]", "data.context=100000000 is longer than the training split"),
-    ("eval.protocol=sliding", "eval.protocol='sliding': allowed: nonoverlapping"),
+    ("eval.protocol=strided", "eval.protocol=strided: allowed: nonoverlapping, sliding"),
+    ("eval.protocols=[nonoverlapping,strided]", "eval.protocols: strided unknown; allowed: nonoverlapping, sliding"),
+    (
+        "eval.protocols=[nonoverlapping,sliding] eval.stride=64",
+        "eval.stride=64 is longer than the shortest eval length 16",
+    ),
+    ("data.passkey_mix=0.5", "data.passkey_mix=0.5 needs data.context >= 32"),
+    (
+        "eval.passkey.enabled=true",
+        "eval.passkey.lengths_x: 1 x data.context=16 must be a whole number of at least 32 tokens",
+    ),
     ("eval.num_tokens=20", "eval.num_tokens=20 is shorter than the longest eval length 64"),
     ("eval.batch_tokens=0", "eval.batch_tokens must be a positive integer, got 0"),
     ("pos_enc=learned pos_enc.max_length=8", "data.context=16 cannot be trained with pos_enc: Learned has"),

@@ -261,6 +261,7 @@ def check_train_config(cfg: DictConfig) -> list[int]:
     for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
         _positive(cfg, key)
     check_positions_config(cfg.data)
+    check_passkey_mix(cfg.data)
     check_trainer_config(cfg)
     if cfg.eval.get("variants"):
         raise ConfigError(
@@ -270,19 +271,131 @@ def check_train_config(cfg: DictConfig) -> list[int]:
     return check_eval_config(cfg.eval, cfg.data.context)
 
 
-def check_eval_config(eval_cfg, context: int) -> list[int]:
+# what eval.protocols holds unless a run asks otherwise (conf/eval/extrapolation.yaml)
+DEFAULT_PROTOCOLS = ["nonoverlapping"]
+
+
+def eval_protocols(eval_cfg) -> list[str]:
+    """The protocols to score: `eval.protocols`, or the older single `eval.protocol`, which, when
+    given, means a one-element list."""
     from poslab.evaluate import PROTOCOLS
 
+    allowed = ", ".join(PROTOCOLS)
+    single, protocols = eval_cfg.get("protocol"), eval_cfg.get("protocols")
+    if single is not None:
+        if protocols is not None and list(protocols) not in ([single], DEFAULT_PROTOCOLS):
+            raise ConfigError(f"eval.protocol={single} and eval.protocols={list(protocols)} disagree; give one of them")
+        if single not in PROTOCOLS:
+            raise ConfigError(f"eval.protocol={single}: allowed: {allowed}")
+        return [single]
+    if not protocols or isinstance(protocols, str):
+        raise ConfigError(
+            f"eval.protocols must be a non-empty list such as [nonoverlapping,sliding], got {protocols!r}"
+        )
+    protocols = list(protocols)
+    unknown = [str(p) for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"eval.protocols: {', '.join(unknown)} unknown; allowed: {allowed}")
+    if len(set(protocols)) != len(protocols):
+        raise ConfigError(f"eval.protocols lists a protocol twice: {protocols}")
+    return protocols
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_passkey_mix(data: DictConfig) -> None:
+    from poslab.passkey import MIN_LENGTH
+
+    mix = data.get("passkey_mix", 0.0)
+    if not _is_number(mix) or not 0.0 <= mix <= 1.0:
+        raise ConfigError(f"data.passkey_mix must be a fraction of training windows in [0, 1], got {mix!r}")
+    if mix > 0 and data.context < MIN_LENGTH:
+        raise ConfigError(
+            f"data.passkey_mix={mix} needs data.context >= {MIN_LENGTH} (a key line, a question and filler), "
+            f"got {data.context}"
+        )
+
+
+def passkey_lengths(passkey_cfg, context: int) -> list[int]:
+    """Absolute passkey eval lengths: `eval.passkey.lengths_x` times the context."""
+    from poslab.passkey import MIN_LENGTH
+
+    factors = passkey_cfg.get("lengths_x")
+    if not factors or isinstance(factors, str):
+        raise ConfigError(f"eval.passkey.lengths_x must be a non-empty list such as [1, 2, 4], got {factors!r}")
+    lengths = []
+    for factor in factors:
+        length = float(factor) * context if _is_number(factor) else None
+        if length is None or not length.is_integer() or length < MIN_LENGTH:
+            raise ConfigError(
+                f"eval.passkey.lengths_x: {factor!r} x data.context={context} must be a whole number of at least "
+                f"{MIN_LENGTH} tokens (a key line, a question and filler)"
+            )
+        lengths.append(int(length))
+    return sorted(set(lengths))
+
+
+def check_passkey_config(passkey_cfg, context: int, heldout_tokens: int) -> list[int] | None:
+    """The passkey settings; returns the absolute lengths, or None when passkey is off. The filler
+    comes from the sweep's held-out tokens, `heldout_tokens` of them."""
+    if passkey_cfg is None:
+        return None
+    enabled = passkey_cfg.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"eval.passkey.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    lengths = passkey_lengths(passkey_cfg, context)
+    if max(lengths) > heldout_tokens:
+        raise ConfigError(
+            f"eval.passkey.lengths_x: the longest passkey length {max(lengths)} is more than the {heldout_tokens} "
+            "held-out tokens its filler comes from (eval.num_tokens in whole windows of the longest eval length)"
+        )
+    depths = passkey_cfg.get("depths")
+    if not depths or isinstance(depths, str) or not all(_is_number(d) and 0.0 <= d <= 1.0 for d in depths):
+        raise ConfigError(f"eval.passkey.depths must be a non-empty list of fractions in [0, 1], got {depths!r}")
+    if len(set(depths)) != len(depths):
+        raise ConfigError(f"eval.passkey.depths lists a depth twice: {list(depths)}")
+    for key in ("trials", "seed"):
+        value = passkey_cfg.get(key)
+        smallest = 1 if key == "trials" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+            raise ConfigError(f"eval.passkey.{key} must be an integer >= {smallest}, got {value!r}")
+    threshold = passkey_cfg.get("threshold")
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"eval.passkey.threshold must be an accuracy in [0, 1], got {threshold!r}")
+    return lengths
+
+
+def check_eval_config(eval_cfg, context: int) -> list[int]:
     for key in ("num_tokens", "batch_tokens"):
         value = eval_cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"eval.{key} must be a positive integer, got {value!r}")
-    if eval_cfg.protocol not in PROTOCOLS:
-        raise ConfigError(f"eval.protocol={eval_cfg.protocol!r}: allowed: {', '.join(PROTOCOLS)}")
+    protocols = eval_protocols(eval_cfg)
     lengths = eval_lengths(eval_cfg, context)
     if max(lengths) > eval_cfg.num_tokens:
         raise ConfigError(
             f"eval.num_tokens={eval_cfg.num_tokens} is shorter than the longest eval length {max(lengths)}; "
             "raise eval.num_tokens or lower eval.lengths"
+        )
+    if "sliding" in protocols:
+        stride = eval_cfg.get("stride")
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride <= 0:
+            raise ConfigError(f"eval.stride must be a positive integer with the sliding protocol, got {stride!r}")
+        if stride > min(lengths):
+            raise ConfigError(
+                f"eval.stride={stride} is longer than the shortest eval length {min(lengths)}; a sliding window "
+                "cannot advance past its own end (a stride equal to the length is nonoverlapping)"
+            )
+    heldout_tokens = eval_cfg.num_tokens // max(lengths) * max(lengths)  # as TokenDataModule.heldout_tokens cuts them
+    passkey = check_passkey_config(eval_cfg.get("passkey"), context, heldout_tokens)
+    variants = eval_cfg.get("variants")
+    if passkey and variants and len(variants) > 1:
+        raise ConfigError(
+            "eval.passkey.enabled=true scores one encoding per run; with several eval.variants run poslab-eval "
+            "once per variant (pos_enc=NAME)"
         )
     return lengths

@@ -23,7 +23,7 @@ from poslab import cli
 from poslab.config import CONFIG_DIR, ConfigError, available, check_eval_config, checkpoint_run_name
 from poslab.lit import LitGPT
 from poslab.results import FILENAME, build_results, read_results
-from poslab.tracking import finish_wandb, log_extrapolation, make_loggers, record, score
+from poslab.tracking import finish_wandb, log_extrapolation, make_loggers, record, score, score_passkey
 
 log = logging.getLogger("poslab.eval")
 
@@ -142,17 +142,28 @@ def evaluate(cfg: DictConfig) -> dict:
     }
     if len(variants) > 1:  # each variant's encoding is in its rows; the config holds the trained one
         scored_config["pos_enc"] = read_checkpoint(cfg.ckpt_path)["hyper_parameters"]["pos_enc"]
-    rows = []
+    rows, passkey = [], None
     for name, lit in models.items():
         lit.to(device)
-        loggers = make_loggers(_logger_config_for(cfg, name))
+        loggers = make_loggers(_logger_config_for(cfg, name, several=len(models) > 1))
         try:
             for logger in loggers:
                 logger.log_hyperparams({"config": scored_config, "trained_as": trained_name, "variant": name})
             scored = score(
                 lit.model, heldout, lengths, train_length=context, eval_cfg=cfg.eval, device=device, variant=name
             )
-            log_extrapolation(loggers, scored)
+            # at most one variant when passkey is on (poslab.config refuses several)
+            passkey = score_passkey(
+                lit.model,
+                heldout,
+                context=context,
+                train_length=context,
+                eval_cfg=cfg.eval,
+                device=device,
+                variant=name,
+                trained_with_mix=run_cfg.data.get("passkey_mix", 0.0),
+            )
+            log_extrapolation(loggers, scored, passkey)
             rows += [row.to_dict() for row in scored]
         finally:
             finish_wandb()
@@ -176,18 +187,26 @@ def evaluate(cfg: DictConfig) -> dict:
         train=checkpoint_train_figures(cfg.ckpt_path, context, next(iter(models.values()))),
         extrapolation=rows,
     )
+    results["passkey"] = passkey
     return record(results, Path(cfg.paths.output_dir))
 
 
-def _logger_config_for(cfg: DictConfig, variant: str) -> DictConfig | None:
-    """The logger config with the wandb run named after the variant: one run per variant, so a
-    dashboard overlays them like training runs."""
+def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConfig | None:
+    """The logger config for one variant: its wandb run named after it (one run per variant, so a
+    dashboard overlays them like training runs) and, with several variants, its own CSV folder
+    (csv/<variant>/: Lightning's CSV logger would otherwise delete the previous variant's file)."""
     logger_cfg = cfg.get("logger")
-    if not logger_cfg or "wandb" not in logger_cfg or logger_cfg.wandb is None:
+    if not logger_cfg:
         return logger_cfg
     logger_cfg = logger_cfg.copy()
     with open_dict(logger_cfg):
-        logger_cfg.wandb.name = f"{variant}-s{cfg.seed}"
+        for one in logger_cfg.values():
+            if one is None or "_target_" not in one:
+                continue
+            if one._target_.endswith("WandbLogger"):
+                one.name = f"{variant}-s{cfg.seed}"
+            elif one._target_.endswith("CSVLogger") and several:
+                one.version = variant
     return logger_cfg
 
 

@@ -1,25 +1,42 @@
-"""The extrapolation sweep: score the same held-out tokens at every eval length.
+"""The extrapolation sweep: score the same held-out tokens at every eval length, under one or
+more protocols, with the loss at each position of the window.
 
-Protocol ``nonoverlapping``: the held-out tokens are cut into consecutive windows of the eval
-length; each window is one forward pass starting at position 0, and every token in it is scored.
-The held-out stream is a whole number of windows of the longest length, so every length scores
-exactly the same targets and differs only in how much context each target sees.
+Every protocol scores each held-out target exactly once, so at every length and under every
+protocol the loss is a mean over the same tokens; what differs is the context each target sees.
+
+- ``nonoverlapping``: consecutive windows of the eval length, each a forward pass from position 0,
+  every token in it scored. A target at window position t sees t earlier tokens, so a longer
+  window gives more targets more context whether or not the model uses distant tokens (Press et
+  al., 2022, "Train Short, Test Long", in its analysis of the "early token curse": much of ALiBi's
+  gain at longer lengths under this protocol comes from fewer targets near a window's start).
+- ``sliding`` with a stride s: windows of the eval length that advance by s tokens. The first
+  window scores all its tokens, each later one only its last s (those the previous window did not
+  score), so every target after the first window sees at least length - s earlier tokens. Stride
+  1 is the ALiBi paper's analysis setting; stride 256 the PI (Chen et al., 2023) and YaRN (Peng et
+  al., 2023) papers'. A stride equal to the length is ``nonoverlapping``.
+
+Windows advance by the stride (the length, for ``nonoverlapping``); when the length does not
+divide the held-out stream, the last window is the one ending at the last token and scores only
+the targets still left. A forward pass is a batch of windows; its size adapts to the length and
+halves when it does not fit in memory.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from poslab.data.datamodule import Windows
 from poslab.encodings import LengthNotSupportedError
 
-PROTOCOLS = ("nonoverlapping",)
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("nonoverlapping", "sliding")
 
 
 @dataclass
@@ -35,26 +52,122 @@ class ExtrapolationRow:
     ppl: float | None = None
     bpb: float | None = None  # bits per UTF-8 byte
     variant: str | None = None  # the encoding (setting) the model was scored under
+    stride: int | None = None  # tokens between window starts (the length, for nonoverlapping)
+    # mean loss per window position, in log-spaced bins: see per_position_bins
+    per_position: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; the CPU allocator a RuntimeError that says so."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def _release_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def in_batches_that_fit(count: int, batch_size: int, compute: Callable[[int, int], object]) -> Iterator[object]:
+    """compute(start, stop) over items [0, count) in batches of batch_size, in order. A batch that
+    runs out of memory is retried at half its size, down to one item (whose failure is raised);
+    the smaller size is kept for the rest. `compute` must have no side effects until it returns,
+    so a failed batch leaves nothing half-counted."""
+    start = 0
+    while start < count:
+        stop = min(count, start + batch_size)
+        try:
+            result = compute(start, stop)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error) or stop - start == 1:
+                raise
+            _release_memory()
+            batch_size = (stop - start) // 2
+            log.warning("out of memory at a batch of %d; retrying with %d", stop - start, batch_size)
+            continue
+        yield result
+        start = stop
+
+
+def window_ends(num_targets: int, length: int, stride: int) -> np.ndarray:
+    """End (exclusive) of each window in the held-out stream: the first window is [0, length), each
+    next one `stride` further, the last one clipped to end at the last target."""
+    if num_targets < length:
+        raise ValueError(f"{num_targets} held-out targets cannot fill a window of {length}")
+    later = np.arange(length + stride, num_targets + stride, stride)
+    return np.concatenate([[length], np.minimum(later, num_targets)]).astype(np.int64)
+
+
+def per_position_bins(length: int) -> tuple[list[int], list[int]]:
+    """Log-spaced bins of window positions: [0,1), [1,2), [2,4), [4,8), ... the last one ending at
+    the length. Position t is the target predicted from the window's first t + 1 tokens."""
+    starts = [0]
+    while max(1, 2 * starts[-1]) < length:
+        starts.append(max(1, 2 * starts[-1]))
+    return starts, [*starts[1:], length]
+
+
+def bin_positions(loss_sum: np.ndarray, counts: np.ndarray) -> dict:
+    """Per-position sums (float64) and counts -> the row's `per_position` record."""
+    starts, ends = per_position_bins(len(counts))
+    tokens = [int(counts[a:b].sum()) for a, b in zip(starts, ends, strict=True)]
+    sums = [float(loss_sum[a:b].sum()) for a, b in zip(starts, ends, strict=True)]
+    return {
+        "bin_start": starts,
+        "bin_end": ends,
+        "mean_loss": [s / n if n else None for s, n in zip(sums, tokens, strict=True)],
+        "tokens": tokens,
+    }
+
+
 @torch.no_grad()
 def score_windows(
-    model: torch.nn.Module, tokens: np.ndarray, length: int, batch_tokens: int, device: torch.device | str
-) -> tuple[float, int]:
-    """Sum of next-token negative log-likelihoods (nats) over all windows, and the token count."""
-    batch_size = max(1, batch_tokens // length)
-    loader = DataLoader(Windows(tokens, length), batch_size=batch_size, shuffle=False)
-    total_nats, count = 0.0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    length: int,
+    stride: int,
+    batch_tokens: int,
+    device: torch.device | str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next-token negative log-likelihood (nats) summed at each window position over every scored
+    target, and the number of targets scored at each position; both of shape (length,)."""
+    stream = torch.from_numpy(np.asarray(tokens).astype(np.int64))
+    ends = window_ends(len(stream) - 1, length, stride)
+    # how many of its last tokens each window scores: all of the first, then what is new
+    scored = np.diff(ends, prepend=0)
+    offsets = torch.arange(length + 1)
+    positions = torch.arange(length, device=device)
+
+    def compute(first: int, stop: int):
+        starts = torch.from_numpy(ends[first:stop] - length)
+        chunk = stream[starts[:, None] + offsets]  # (B, length + 1)
+        x, y = chunk[:, :-1].to(device), chunk[:, 1:].to(device)
         logits = model(x).float()
-        nats = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        total_nats += nats.double().sum().item()  # float64: a float32 sum drifts over many tokens
-        count += y.numel()
-    return total_nats, count
+        nats = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, length)
+        new = torch.from_numpy(scored[first:stop]).to(device)
+        mask = positions[None, :] >= (length - new)[:, None]
+        # float64: a float32 sum drifts over many tokens; where, not a product: an unscored
+        # position's inf must not turn the sum into nan
+        return torch.where(mask, nats.double(), 0.0).sum(0).cpu(), mask.sum(0).cpu()
+
+    loss_sum = torch.zeros(length, dtype=torch.float64)
+    counts = torch.zeros(length, dtype=torch.int64)
+    for batch_sum, batch_counts in in_batches_that_fit(len(ends), max(1, batch_tokens // length), compute):
+        loss_sum += batch_sum
+        counts += batch_counts
+    return loss_sum.numpy(), counts.numpy()
+
+
+def protocol_stride(protocol: str, length: int, stride: int | None) -> int:
+    if protocol == "nonoverlapping":
+        return length
+    if stride is None or not 0 < stride <= length:
+        raise ValueError(f"eval.stride={stride} must be between 1 and the eval length {length}")
+    return stride
 
 
 def extrapolation_sweep(
@@ -62,46 +175,82 @@ def extrapolation_sweep(
     tokens: np.ndarray,
     lengths: list[int],
     train_length: int,
-    protocol: str = "nonoverlapping",
+    protocols: str | list[str] = ("nonoverlapping",),
+    stride: int | None = None,
     batch_tokens: int = 16384,
     device: torch.device | str = "cpu",
     progress=None,
 ) -> list[ExtrapolationRow]:
-    """Score `tokens` at each length. `model` maps (B, T) ids to logits and exposes `pos_enc`.
-    Lengths the encoding cannot serve are recorded as unsupported, with the reason; a length whose
-    loss is not finite, or that does not fit in memory, is recorded as such and the sweep goes on."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"eval.protocol={protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    """Score `tokens` at each length under each protocol (rows in that order: protocol, then
+    length). `model` maps (B, T) ids to logits and exposes `pos_enc`. Lengths the encoding cannot
+    serve are recorded as unsupported, with the reason; a length whose loss is not finite, or that
+    does not fit in memory even one window at a time, is recorded as such and the sweep goes on."""
+    protocols = [protocols] if isinstance(protocols, str) else list(protocols)
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"eval.protocols: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if "sliding" in protocols:  # refused up front, not after the shorter lengths are scored
+        for length in lengths:
+            protocol_stride("sliding", length, stride)
     was_training = model.training
     model.eval()
     rows = []
     try:
-        for length in lengths:
-            row = ExtrapolationRow(
-                eval_length=length, length_ratio=length / train_length, protocol=protocol, status="ok"
-            )
-            try:
-                model.pos_enc.check_length(length)
-                total_nats, count = score_windows(model, tokens, length, batch_tokens, device)
-            except LengthNotSupportedError as error:
-                row.status, row.reason = "unsupported", str(error)
-            except torch.OutOfMemoryError as error:
-                row.status, row.reason = "out_of_memory", str(error).splitlines()[0]
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            else:
-                row.tokens_scored = count
-                row.bytes_scored = count  # byte-level tokens
-                if math.isfinite(total_nats):
-                    row.loss = total_nats / count
-                    row.ppl = math.exp(row.loss) if row.loss < 700 else math.inf
-                    row.bpb = total_nats / (math.log(2) * row.bytes_scored)
-                if not (math.isfinite(total_nats) and math.isfinite(row.ppl)):
-                    row.status, row.reason = "non_finite", f"the mean loss is {total_nats / count} nats per token"
-                    row.loss = row.ppl = row.bpb = None
-            rows.append(row)
-            if progress is not None:
-                progress(row)
+        for protocol in protocols:
+            for length in lengths:
+                row = score_length(model, tokens, length, train_length, protocol, stride, batch_tokens, device)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
     finally:
         model.train(was_training)
     return rows
+
+
+def score_length(model, tokens, length, train_length, protocol, stride, batch_tokens, device) -> ExtrapolationRow:
+    step = protocol_stride(protocol, length, stride)
+    row = ExtrapolationRow(
+        eval_length=length, length_ratio=length / train_length, protocol=protocol, status="ok", stride=step
+    )
+    try:
+        model.pos_enc.check_length(length)
+        loss_sum, counts = score_windows(model, tokens, length, step, batch_tokens, device)
+    except LengthNotSupportedError as error:
+        row.status, row.reason = "unsupported", str(error)
+        return row
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error):
+            raise
+        row.status, row.reason = "out_of_memory", f"{str(error).splitlines()[0]} (one window at a time)"
+        _release_memory()
+        return row
+    total_nats, count = float(loss_sum.sum()), int(counts.sum())
+    row.tokens_scored = count
+    row.bytes_scored = count  # byte-level tokens
+    mean = total_nats / count
+    if not math.isfinite(mean) or mean >= 700:  # exp() of it would not be a finite perplexity
+        row.status, row.reason = "non_finite", f"the mean loss is {mean} nats per token"
+        return row
+    row.loss = mean
+    row.ppl = math.exp(mean)
+    row.bpb = mean / math.log(2)
+    row.per_position = bin_positions(loss_sum, counts)
+    return row
+
+
+def in_length_ppl(rows: list[ExtrapolationRow]) -> float | None:
+    """The perplexity at the training context (length ratio 1), if scored."""
+    for row in rows:
+        if row.status == "ok" and row.length_ratio == 1:
+            return row.ppl
+    return None
+
+
+def max_length_within(rows: list[ExtrapolationRow], tolerance: float = 0.10) -> int | None:
+    """The longest eval length whose perplexity is at most (1 + tolerance) times the perplexity at
+    the training context, among the rows of one protocol; None without an in-length row."""
+    reference = in_length_ppl(rows)
+    if reference is None:
+        return None
+    within = [row.eval_length for row in rows if row.status == "ok" and row.ppl <= (1 + tolerance) * reference]
+    return max(within, default=None)

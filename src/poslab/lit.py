@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from poslab.data.datamodule import IGNORED
 from poslab.model import GPT
 
 
@@ -29,6 +30,27 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def window_mean_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss. Targets marked IGNORED (passkey windows score their answer digits
+    only) make every window weigh the same: the mean over its scored targets, then the mean over
+    windows, so 5 answer digits count as much as a whole language-model window. Without ignored
+    targets this is the plain mean over all tokens."""
+    if not (targets == IGNORED).any():
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    nats = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T), 0 where ignored
+    scored = (targets != IGNORED).sum(1).clamp(min=1)
+    return (nats.sum(1) / scored).mean()
+
+
+def passkey_answer_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    """Mean loss on the answer digits of the batch's passkey windows (those with ignored targets);
+    None when the batch has none."""
+    passkey_windows = (targets == IGNORED).any(1)
+    if not passkey_windows.any():
+        return None
+    return F.cross_entropy(logits[passkey_windows].transpose(1, 2), targets[passkey_windows])
 
 
 def _plain(cfg: Any) -> Any:
@@ -55,21 +77,25 @@ class LitGPT(pl.LightningModule):
     def forward(self, idx, pos=None):
         return self.model(idx, pos)
 
-    def _loss(self, batch) -> torch.Tensor:
+    def _logits(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, *pos = batch  # (x, y) or, with randomized positions, (x, y, pos)
-        logits = self.model(x, pos[0] if pos else None)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return self.model(x, pos[0] if pos else None), y
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        logits, targets = self._logits(batch)
+        loss = window_mean_loss(logits, targets)
         if not torch.isfinite(loss):
             # stop now: every later step, checkpoint and score would be NaN reported as numbers
             raise DivergedError(step=self.global_step + 1, loss=loss.item())
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        answer_loss = passkey_answer_loss(logits.detach(), targets)
+        if answer_loss is not None:  # only with data.passkey_mix: whether retrieval is being learned
+            self.log("train/passkey_loss", answer_loss, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self._loss(batch), prog_bar=True, on_epoch=True, sync_dist=True)
+        logits, targets = self._logits(batch)
+        self.log("val/loss", window_mean_loss(logits, targets), prog_bar=True, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         # nanoGPT's rule: decay matrices (2-D), not biases, LayerNorm gains or 1-D parameters

@@ -15,11 +15,25 @@
   "environment": {"python", "torch", "device", "platform"},
   "train": {"steps", "tokens", "wall_time_s", "tokens_per_s", "parameters", "train_loss",
             "val_loss", "train_context", "diverged_at_step"},
-  "extrapolation": [one row per eval length: eval_length, length_ratio, protocol, status
-                    ("ok" | "unsupported" | "non_finite" | "out_of_memory"), reason,
-                    tokens_scored, bytes_scored, loss, ppl, bpb]
+  "extrapolation": [one row per protocol and eval length, protocol by protocol in the order of
+                    eval.protocols: eval_length, length_ratio, protocol ("nonoverlapping" |
+                    "sliding"), stride (tokens between window starts; the length for
+                    nonoverlapping), status ("ok" | "unsupported" | "non_finite" |
+                    "out_of_memory"), reason, tokens_scored, bytes_scored, loss, ppl, bpb, variant,
+                    per_position: {"bin_start": [...], "bin_end": [...], "mean_loss": [...],
+                    "tokens": [...]} (log-spaced bins of window positions [0,1), [1,2), [2,4), ...
+                    up to the length; mean_loss null in a bin with no scored token; the bins'
+                    token-weighted mean is the row's loss) or null unless ok],
+  "passkey": null (eval.passkey.enabled false) | {
+      "lengths": [eval lengths], "depths": [key depths, fractions of the filler], "trials": N per
+      cell, "seed", "train_context", "threshold", "accuracy": [[per depth] per length] (null unless
+      ok), "status": [[per depth] per length] ("ok" | "unsupported" | "out_of_memory"),
+      "reasons": {eval length: why it is not ok}, "effective_window": the longest length up to
+      which accuracy is >= threshold at every depth, or null, "in_length_accuracy": mean accuracy
+      at lengths <= train_context, or null, "trained_with_mix": data.passkey_mix, "variant"}
 }
 
+A missing "passkey" (files written before it existed, diverged jobs) reads as null.
 Strict JSON: a non-finite number is written as null (its row or job says why), never as NaN.
 """
 
@@ -151,6 +165,7 @@ def build_results(
     status: str = "ok",
     error: str | None = None,
     traceback_file: str | None = None,
+    passkey: dict | None = None,
 ) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
@@ -166,6 +181,7 @@ def build_results(
         "environment": environment(),
         "train": train or {},
         "extrapolation": extrapolation,
+        "passkey": passkey,
     }
 
 

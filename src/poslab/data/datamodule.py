@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from poslab.data.corpora import SPLITS, Corpus
 from poslab.data.tokenizer import ByteTokenizer
+from poslab.passkey import KEY_DIGITS, make_passkey
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,40 @@ class RandomizedPositionWindows(Windows):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         pos = torch.randperm(self.max_position, generator=generator)[: self.length].sort().values
         return x, y, pos
+
+
+# The target of every position a training loss must skip (F.cross_entropy's default ignore_index).
+IGNORED = -100
+
+
+class PasskeyMix(Dataset):
+    """Training windows of which a fraction are synthetic passkey sequences (poslab.passkey) of
+    the same length, with filler from the training split. A passkey window's targets are IGNORED
+    except its 5 answer digits: a small model learns retrieval from the answer loss alone, not
+    from the language-model loss on the whole sequence. Item i decides, from a generator seeded
+    by (seed, i), whether it is a passkey window and draws its key, depth and filler, so it is the
+    same whenever it is read again (a resumed run sees the same batches). Other items are the
+    wrapped windows' own, positions included."""
+
+    def __init__(self, windows: Windows, fraction: float, seed: int):
+        self.windows = windows
+        self.fraction = fraction
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int):
+        item = self.windows[i]
+        # a stream of its own: the same (seed, i) also seeds RandomizedPositionWindows
+        rng = np.random.default_rng([self.seed, i, 0x9A55])
+        if rng.random() >= self.fraction:
+            return item
+        sample = make_passkey(self.windows.tokens, self.windows.length, depth=rng.random(), rng=rng)
+        sequence = torch.from_numpy(sample.tokens.astype(np.int64))
+        targets = torch.full((self.windows.length,), IGNORED, dtype=torch.int64)
+        targets[-KEY_DIGITS:] = sequence[-KEY_DIGITS:]
+        return (sequence[:-1], targets, *item[2:])
 
 
 class StepBatches(Sampler[list[int]]):
@@ -114,6 +149,7 @@ class TokenDataModule(pl.LightningDataModule):
         seed: int = 0,
         positions: str = "contiguous",
         max_position: int | None = None,
+        passkey_mix: float = 0.0,
     ):
         # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
@@ -129,6 +165,7 @@ class TokenDataModule(pl.LightningDataModule):
         self.seed = seed
         self.positions = positions
         self.max_position = max_position
+        self.passkey_mix = passkey_mix
         self.tokens: dict[str, np.ndarray] = {}
         self._fingerprint: dict | None = None
 
@@ -200,6 +237,8 @@ class TokenDataModule(pl.LightningDataModule):
             windows = RandomizedPositionWindows(self.tokens["train"], self.context, self.max_position, self.seed)
         else:
             windows = Windows(self.tokens["train"], self.context)
+        if self.passkey_mix > 0:
+            windows = PasskeyMix(windows, self.passkey_mix, self.seed)
         # On resume Lightning has restored the step before it asks for the data: start there.
         start_step = self.trainer.global_step if self.trainer is not None else 0
         # data.batch_size is per device (Lightning's convention); the sampler deals the global batch
