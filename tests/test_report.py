@@ -1,7 +1,11 @@
-"""The report on hand-made results.json files: grouping, averaging, labels, and every kind of job
-that has no numbers (failed, diverged, killed, unreadable, fast_dev_run) listed, never dropped."""
+"""The report on hand-made results.json files: grouping, averaging, intervals over seeds, a table
+per protocol, the summary, the plots and the HTML page, and every kind of job that has no numbers
+(failed, diverged, killed, unreadable, fast_dev_run) listed, never dropped."""
 
+import base64
 import json
+import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -50,16 +54,29 @@ def make_config(pos_enc: str, seed: int, folder: Path, settings: dict) -> dict:
     return config
 
 
-def extrapolation_rows(scores: dict, context: int) -> list[dict]:
-    """{eval_length: perplexity, or a row status such as "unsupported"} -> results rows."""
+def extrapolation_rows(
+    scores: dict, context: int, protocol: str = "nonoverlapping", stride: int | None = None, per_position: bool = False
+) -> list[dict]:
+    """{eval_length: perplexity, or a row status such as "unsupported"} -> results rows. With
+    per_position, each ok row has bins 0, 1, 2-3, 4-7, ... of loss log(ppl) + 0.1 * bin index."""
     rows = []
     for length, score in scores.items():
         ok = isinstance(score, float)
+        bins = None
+        if ok and per_position:
+            ends = [2**i for i in range(int(math.log2(length)) + 1)]
+            bins = {
+                "bin_start": [0, *ends[:-1]],
+                "bin_end": ends,
+                "mean_loss": [math.log(score) + 0.1 * i for i in range(len(ends))],
+                "tokens": [240 // len(ends)] * len(ends),
+            }
         rows.append(
             {
                 "eval_length": length,
                 "length_ratio": length / context,
-                "protocol": "nonoverlapping",
+                "protocol": protocol,
+                "stride": stride,
                 "status": "ok" if ok else score,
                 "reason": None if ok else f"{score} at {length}",
                 "tokens_scored": 240 if ok else 0,
@@ -67,6 +84,7 @@ def extrapolation_rows(scores: dict, context: int) -> list[dict]:
                 "loss": None,
                 "ppl": score if ok else None,
                 "bpb": None,
+                "per_position": bins,
             }
         )
     return rows
@@ -85,12 +103,19 @@ def job(
     error: str | None = None,
     train: dict | None = None,
     run: dict | None = None,
+    sliding: dict | None = None,
+    per_position: bool = False,
+    passkey: dict | None = None,
 ) -> Path:
-    """Write one job's results.json under root/folder, as a train job of a sweep would."""
+    """Write one job's results.json under root/folder, as a train job of a sweep would; `sliding`
+    adds rows of the sliding protocol (stride 8)."""
     output_dir = root / folder
     config = make_config(pos_enc, seed, output_dir, settings or {})
     context = config["data"]["context"]
     scores = {16: 4.0, 32: 6.0} if scores is None else scores
+    rows = extrapolation_rows(scores, context, per_position=per_position)
+    if sliding:
+        rows += extrapolation_rows(sliding, context, protocol="sliding", stride=8, per_position=per_position)
     results = build_results(
         run={
             "name": f"{pos_enc}-s{seed}",
@@ -104,13 +129,14 @@ def job(
         config=config,
         data={"corpus": "text_files", "sha256": "0123456789abcdef0123"},
         train={"steps": 4, "tokens": 256, "parameters": parameters, "train_context": context, **(train or {})},
-        extrapolation=extrapolation_rows(scores, context),
+        extrapolation=rows,
         status=status,
         error=error,
         traceback_file=None if status == "ok" else "traceback.txt",
     )
     results["git"] = {"commit": "abcdef0123456789", "dirty": False}
     results["environment"] = {"device": "cpu (2 cores)"}
+    results["passkey"] = passkey
     return write_results(results, output_dir)
 
 
@@ -146,12 +172,19 @@ def test_seeds_are_one_row_and_ratios_are_taken_per_run_then_averaged(tmp_path, 
 
     text = (tmp_path / "report.md").read_text()
     # at 32: mean perplexity (6 + 8) / 2 = 7; mean of the per-run ratios (6/4 + 8/8) / 2 = 1.25,
-    # not the ratio of the means (7/6)
+    # not the ratio of the means (7/6); the interval: s = sqrt(2), t(0.975, 1 df) = 12.706,
+    # 12.706 * sqrt(2) / sqrt(2) = 12.71
     assert table_lines(text) == [
         "| encoding | parameters | seeds | 16 | 32 | 64 |",
         "| learned | 1,016 | 1 | 5.00 (1.00x) | unsupported |  |",
-        "| rope | 1,000 | 2 | 6.00 (1.00x) | 7.00 (1.25x) | 11.00 (2.00x) |",
+        "| rope | 1,000 | 2 | 6.00 ± 25.41 (1.00x) | 7.00 ± 12.71 (1.25x) | 11.00 ± 12.71 (2.00x) |",
     ]
+    assert "Rows with one seed show no interval (a 95% interval needs at least 2 seeds): learned." in text
+    assert "## Perplexity, protocol nonoverlapping\n\n| encoding |" in text
+    assert (
+        "- not recorded beside the results (no multirun.yaml or .hydra/overrides.yaml); "
+        "what varies between the runs: `pos_enc=learned,rope seed=0,1`"
+    ) in text
     assert "- runs: 3 measured, in 2 rows; seeds: 0, 1" in text
     assert "- parameters varies: 1,016 (learned); 1,000 (rope)" in text
     assert "- training context: 16" in text
@@ -181,6 +214,7 @@ def test_runs_that_differ_in_a_setting_are_separate_rows_labelled_by_it(tmp_path
         "| rope (model.optimizer.lr=1000.0) | 1,000 | 1 | 9.00 (1.00x) |",
     ]
     assert "- varies between rows: model.optimizer.lr = 0.001, 1000.0" in text
+    assert "what varies between the runs: `model.optimizer.lr=0.001,1000.0`" in text
 
 
 def test_a_context_sweep_is_labelled_by_the_context_not_by_the_keys_that_follow_it(tmp_path):
@@ -236,7 +270,9 @@ def test_eval_runs_are_labelled_by_checkpoint_and_variant(tmp_path):
         "| rope on rope checkpoint (2026-11-29_10-00-00_rope_ab12) | 1,000 | 1 | 4.00 (1.00x) |",
         "| rope_pi on rope checkpoint (2026-11-29_10-00-00_rope_ab12) | 1,000 | 1 | 4.00 (1.00x) |",
     ]
-    assert table_lines(seeds_text)[1:] == ["| rope_pi on rope checkpoints | 1,000 | 2 | 5.00 (1.00x) | 5.50 (1.12x) |"]
+    assert table_lines(seeds_text)[1:] == [
+        "| rope_pi on rope checkpoints | 1,000 | 2 | 5.00 ± 12.71 (1.00x) | 5.50 ± 6.35 (1.12x) |"
+    ]
     assert "- checkpoints of rope_pi on rope checkpoints: ck_seed0 (seed 0), ck_seed1 (seed 1)" in seeds_text
 
 
@@ -273,7 +309,8 @@ def test_unreadable_results_are_listed_with_the_reason(tmp_path):
     text = result.path.read_text()
     assert "## Problems\n- 2_truncated/results.json: unreadable: not valid JSON: Expecting" in text
     assert "- 3_nan/results.json: unreadable: non-standard JSON number NaN" in text
-    assert table_lines(text)[1] == "| rope | 1,000 | 2 | 4.00 (1.00x) | 6.00 (1.50x) |"
+    # two seeds with the same numbers: an interval of width 0
+    assert table_lines(text)[1] == "| rope | 1,000 | 2 | 4.00 ± 0.00 (1.00x) | 6.00 ± 0.00 (1.50x) |"
 
 
 def test_failed_and_diverged_jobs_are_rows_and_problems_never_numbers(tmp_path):
@@ -363,7 +400,8 @@ def test_a_seed_without_a_value_is_named_in_the_cell(tmp_path):
 
     text = write_report(tmp_path).path.read_text()
 
-    assert table_lines(text)[1] == "| rope | 1,000 | 2 | 6.00 (1.00x) | 6.00 (1.50x); seed 1: out of memory |"
+    # one finite value at 32: its mean, and no interval
+    assert table_lines(text)[1] == "| rope | 1,000 | 2 | 6.00 ± 25.41 (1.00x) | 6.00 (1.50x); seed 1: out of memory |"
 
 
 def test_job_folders_without_results_are_listed(tmp_path, capsys):
@@ -429,3 +467,229 @@ def test_report_command_exit_status(tmp_path, capsys):
     with pytest.raises(SystemExit) as not_a_folder:
         main([str(tmp_path / "missing")])
     assert not_a_folder.value.code == 2
+
+
+# --- intervals over seeds -----------------------------------------------------------------------
+
+
+def test_the_interval_over_two_three_and_five_seeds_is_t_times_the_standard_error(tmp_path):
+    """By hand: mean, s with n - 1 in the denominator, half-width t(0.975, n - 1) * s / sqrt(n).
+    n = 2: 4, 8 -> s = sqrt(8) = 2.8284; 12.7062 * 2.8284 / 1.4142 = 25.41
+    n = 3: 4, 6, 8 -> s = 2; 4.3027 * 2 / 1.7321 = 4.97; at 32: 6, 9, 12 -> s = 3; 4.3027 * 3 / 1.7321 = 7.45
+    n = 5: 1, 2, 3, 4, 5 -> s = sqrt(2.5) = 1.5811; 2.7764 * 1.5811 / 2.2361 = 1.96"""
+    sweeps = {
+        "two": [4.0, 8.0],
+        "three": [4.0, 6.0, 8.0],
+        "five": [1.0, 2.0, 3.0, 4.0, 5.0],
+    }
+    for name, in_length in sweeps.items():
+        for seed, ppl in enumerate(in_length):
+            job(tmp_path / name, f"{seed}_rope_s{seed}", seed=seed, scores={16: ppl, 32: 1.5 * ppl})
+
+    rows = {name: table_lines(write_report(tmp_path / name).path.read_text())[1] for name in sweeps}
+
+    assert rows == {
+        "two": "| rope | 1,000 | 2 | 6.00 ± 25.41 (1.00x) | 9.00 ± 38.12 (1.50x) |",
+        "three": "| rope | 1,000 | 3 | 6.00 ± 4.97 (1.00x) | 9.00 ± 7.45 (1.50x) |",
+        "five": "| rope | 1,000 | 5 | 3.00 ± 1.96 (1.00x) | 4.50 ± 2.94 (1.50x) |",
+    }
+    assert "no interval" not in (tmp_path / "three" / "report.md").read_text()
+
+
+def test_one_seed_says_that_intervals_need_two(tmp_path):
+    job(tmp_path, "0_rope_s0", scores={16: 4.0, 32: 6.0})
+    job(tmp_path, "1_alibi_s0", pos_enc="alibi", scores={16: 5.0, 32: 5.0})
+
+    text = write_report(tmp_path).path.read_text()
+
+    assert "One seed per row: no interval is shown (a 95% interval needs at least 2 seeds)." in text
+    assert table_lines(text)[1:] == [
+        "| alibi | 1,000 | 1 | 5.00 (1.00x) | 5.00 (1.00x) |",
+        "| rope | 1,000 | 1 | 4.00 (1.00x) | 6.00 (1.50x) |",
+    ]
+    assert "±" not in "\n".join(table_lines(text))
+
+
+# --- protocols and the summary --------------------------------------------------------------------
+
+
+def test_two_protocols_give_two_tables_and_a_summary_per_protocol(tmp_path):
+    job(tmp_path, "0_rope_s0", scores={16: 4.0, 32: 6.0}, sliding={16: 3.8, 32: 4.0})
+    job(tmp_path, "1_learned_s0", pos_enc="learned", scores={16: 5.0, 32: "unsupported"}, sliding={16: 4.9})
+
+    text = write_report(tmp_path).path.read_text()
+
+    tables = text.split("## Perplexity, protocol ")[1:]
+    assert [table.splitlines()[0] for table in tables] == ["nonoverlapping", "sliding (stride 8)"]
+    assert table_lines(tables[0]) == [
+        "| encoding | parameters | seeds | 16 | 32 |",
+        "| learned | 1,000 | 1 | 5.00 (1.00x) | unsupported |",
+        "| rope | 1,000 | 1 | 4.00 (1.00x) | 6.00 (1.50x) |",
+    ]
+    # learned was not scored at 32 under sliding: an empty cell
+    assert table_lines(tables[1].split("\n\n## ")[0]) == [
+        "| encoding | parameters | seeds | 16 | 32 |",
+        "| learned | 1,000 | 1 | 4.90 (1.00x) |  |",
+        "| rope | 1,000 | 1 | 3.80 (1.00x) | 4.00 (1.05x) |",
+    ]
+    # 6.0 / 4.0 = 1.5 past the training context; 4.0 / 3.8 = 1.05 within 10%
+    assert (
+        "- rope: Within 10% of the in-length perplexity up to 16 tokens (1x) under nonoverlapping, "
+        "32 tokens (2x, the longest scored) under sliding (stride 8)."
+    ) in text
+    assert (
+        "- learned: Within 10% of the in-length perplexity up to 16 tokens (1x) under nonoverlapping, "
+        "16 tokens (1x) under sliding (stride 8)."
+    ) in text
+    assert "- eval: protocols nonoverlapping, sliding (stride 8), 240 held-out tokens scored at every length" in text
+    assert "- learned at 32 (nonoverlapping): unsupported: unsupported at 32" in text
+    assert "Loss by position" not in text and "Passkey" not in text  # no data, nothing said
+
+
+def test_the_summary_gives_the_longest_length_within_ten_percent(tmp_path):
+    # ratios 1.05, 1.09, 1.20, 1.075: within 10% up to 64; 256 is back within, but after 128 was not
+    job(tmp_path, "0_rope_s0", scores={16: 4.0, 32: 4.2, 64: 4.36, 128: 4.8, 256: 4.3})
+
+    text = write_report(tmp_path).path.read_text()
+
+    assert "## Summary" in text
+    assert "\n- rope: Within 10% of the in-length perplexity up to 64 tokens (4x) under nonoverlapping.\n" in text
+
+
+# --- per-position and passkey plots, commands, HTML ---------------------------------------------
+
+PASSKEY = {
+    "lengths": [16, 32, 64],
+    "depths": [0.0, 0.5, 1.0],
+    "trials": 10,
+    "accuracy": [[1.0, 0.9, 1.0], [0.6, 0.3, 0.2], [None, None, None]],
+    "status": [["ok", "ok", "ok"], ["ok", "ok", "ok"], ["out_of_memory"] * 3],
+    "reasons": {"64": "CUDA out of memory (one sequence at a time)"},
+    "threshold": 0.2,
+    "effective_window": 32,
+    "in_length_accuracy": 0.95,
+    "trained_with_mix": 0.05,
+}
+
+
+def write_plotted_sweep(root: Path) -> None:
+    """rope with the loss by position and passkeys (trained with the passkey mix); alibi without."""
+    job(
+        root,
+        "0_rope_s0",
+        scores={16: 4.0, 32: 4.2},
+        per_position=True,
+        passkey=PASSKEY,
+        settings={"data.passkey_mix": 0.05},
+    )
+    job(root, "1_alibi_s0", pos_enc="alibi", scores={16: 5.0, 32: 5.1}, settings={"data.passkey_mix": 0.0})
+
+
+def test_per_position_and_passkey_plots_are_written_when_the_runs_recorded_them(tmp_path):
+    write_plotted_sweep(tmp_path)
+    (tmp_path / "per_position_sliding_s64.png").write_bytes(b"an earlier report's plot")
+
+    result = write_report(tmp_path)
+
+    text = result.path.read_text()
+    assert [path.name for path in result.images] == [
+        "extrapolation.png",
+        "per_position_nonoverlapping.png",
+        "passkey.png",
+    ]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 5000 for path in result.images)
+    assert not (tmp_path / "per_position_sliding_s64.png").exists()
+    assert "![loss by position, protocol nonoverlapping](per_position_nonoverlapping.png)" in text
+    assert "No loss by position recorded for: alibi (data.passkey_mix=0.0)." in text
+    assert "![passkey retrieval accuracy](passkey.png)" in text
+    assert "No passkey results for: alibi (data.passkey_mix=0.0)." in text
+    assert (
+        "- rope (data.passkey_mix=0.05), passkey at 64: out of memory: CUDA out of memory (one sequence at a time)"
+    ) in text
+    assert (
+        "- rope (data.passkey_mix=0.05): Within 10% of the in-length perplexity up to 32 tokens "
+        "(2x, the longest scored) under nonoverlapping. Passkey: effective window 32 tokens (threshold 20%), "
+        "in-length accuracy 95%. Trained with the passkey mix (data.passkey_mix=0.05)."
+    ) in text
+    assert (
+        "- trained with the passkey mix: rope (data.passkey_mix=0.05); without: alibi (data.passkey_mix=0.0)"
+    ) in text
+
+    # a later report of runs without them removes them
+    for folder in ("0_rope_s0", "1_alibi_s0"):
+        (tmp_path / folder / "results.json").unlink()
+    job(tmp_path, "2_rope_s0", scores={16: 4.0})
+    later = write_report(tmp_path)
+    assert [path.name for path in later.images] == ["extrapolation.png"]
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == ["extrapolation.png"]
+
+
+def test_commands_are_the_recorded_sweep_and_each_rows_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    for number, (pos_enc, seed) in enumerate([("alibi", 0), ("alibi", 1), ("rope", 0), ("rope", 1)]):
+        folder = f"{number}_{pos_enc}_s{seed}"
+        job(sweep, folder, pos_enc=pos_enc, seed=seed)
+        (sweep / folder / ".hydra").mkdir()
+        (sweep / folder / ".hydra" / "overrides.yaml").write_text(f"- pos_enc={pos_enc}\n- seed={seed}\n")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  job:\n    config_name: train\n  overrides:\n    task:\n    - pos_enc=alibi,rope\n    - seed=0,1\n"
+    )
+
+    text = write_report(sweep).path.read_text()
+
+    assert (
+        "## Commands\n"
+        "- sweep sweep: `poslab-train -m pos_enc=alibi,rope seed=0,1`\n"
+        "- alibi: `poslab-train -m pos_enc=alibi seed=0,1`\n"
+        "- rope: `poslab-train -m pos_enc=rope seed=0,1`\n"
+    ) in text
+
+
+class TagBalance(HTMLParser):
+    """Every element opened is closed, in order; void elements (img, meta) need no end tag."""
+
+    VOID = {"img", "meta", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.open: list[str] = []
+        self.errors: list[str] = []
+        self.images: list[str] = []
+        self.declarations: list[str] = []
+
+    def handle_decl(self, decl):
+        self.declarations.append(decl)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.open or self.open[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.open[-1] if self.open else 'nothing'}")
+        else:
+            self.open.pop()
+
+
+def test_html_is_one_valid_page_with_every_plot_inline(tmp_path, capsys):
+    write_plotted_sweep(tmp_path)
+
+    main(["--html", str(tmp_path)])
+
+    page = (tmp_path / "report.html").read_text()
+    checker = TagBalance()
+    checker.feed(page)
+    checker.close()
+    assert checker.declarations == ["DOCTYPE html"]
+    assert checker.errors == [] and checker.open == []
+    written = sorted(tmp_path.glob("*.png"))
+    assert len(written) == 3
+    assert page.count('<img src="data:image/png;base64,') == len(written) == len(checker.images)
+    assert base64.b64decode(checker.images[0].removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
+    # nothing loaded from anywhere: no links, scripts or remote sources
+    assert "http" not in page and "<link" not in page and "<script" not in page
+    assert "<h2>Perplexity, protocol nonoverlapping</h2>" in page
+    assert '<td>rope (data.passkey_mix=0.05)</td><td class="number">1,000</td>' in page
+    assert "report.html" in capsys.readouterr().out
