@@ -131,3 +131,33 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, text_corpus):
     for a, b in zip(ddp["extrapolation"], one["extrapolation"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     print(f"val loss: 2 processes {ddp['train']['val_loss']:.6f}, one process {one['train']['val_loss']:.6f}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["slurm_local", "joblib"])
+def test_sweep_through_a_launcher(tmp_path, text_corpus, launcher):
+    """The Slurm launcher's code path (submitit's local executor: jobs pickled into their own
+    processes) and joblib's parallel jobs: every job writes its results, the report follows."""
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    run_train(
+        [
+            "-m",
+            f"hydra/launcher={launcher}",
+            *extra,
+            "pos_enc=rope,alibi",
+            "data=text_files",
+            f"data.corpus.train={text_corpus}/*.txt",
+            *overrides,
+            "logger=csv",
+            "trainer.max_steps=3",
+            f"paths.log_dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+    )
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    results = [read_results(p) for p in find_results(sweep)]
+    assert sorted((r["run"]["pos_enc"], r["status"]) for r in results) == [("alibi", "ok"), ("rope", "ok")]
+    report = (sweep / "report.md").read_text()
+    assert "| alibi |" in report and "| rope |" in report
+    print(f"{launcher}: {[p.parent.name for p in find_results(sweep)]}")

@@ -69,8 +69,8 @@ _FOLDERS_BEFORE: set[Path] | None = None
 
 def _remember_folders_before(argv: list[str]) -> None:
     global _FOLDERS_BEFORE
-    given = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "paths.log_dir"]
-    log_dir = Path(given[-1] if given else os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
+    given = value_given(argv, "paths.log_dir")
+    log_dir = Path(given or os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
     candidates = [log_dir, *log_dir.parents, *(log_dir / sub for sub in ("runs", "eval", "multirun"))]
     _FOLDERS_BEFORE = {folder for folder in candidates if folder.exists()}
 
@@ -145,13 +145,19 @@ def _saved_run_group(folder: Path) -> str | None:
     return None
 
 
+def value_given(argv: list[str], key: str) -> str | None:
+    """The last value given on the command line to `key` (or `+key`), None if it is not there."""
+    values = [a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+") == key]
+    return values[-1] if values else None
+
+
 def check_train_command_line(prog: str, argv: list[str]) -> list[str]:
     """init_from names a checkpoint that must exist (its context names the run's context), and
     the extension experiment needs one."""
-    init_from = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "init_from" and "=" in a]
-    if init_from and init_from[-1] not in ("", "null") and not Path(init_from[-1]).expanduser().is_file():
-        fail(prog, f"init_from={init_from[-1]}: no such file")
-    if "experiment=extend_finetune" in argv and not init_from:
+    init_from = value_given(argv, "init_from")
+    if init_from not in (None, "", "null") and not Path(init_from).expanduser().is_file():
+        fail(prog, f"init_from={init_from}: no such file")
+    if "experiment=extend_finetune" in argv and init_from is None:
         fail(prog, "experiment=extend_finetune continues a checkpoint: give init_from=RUN/checkpoints/last.ckpt")
     return resume_command_line(prog, argv)
 
@@ -210,12 +216,11 @@ def run_console_script(prog: str, load_entry_point: Callable, argv_rewrite: Call
 def check_eval_command_line(prog: str, argv: list[str]) -> list[str]:
     """poslab-eval needs a checkpoint that exists; say so before Hydra starts (its run folder is
     named after the checkpoint)."""
-    given = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0].lstrip("+") == "ckpt_path" and "=" in a]
-    if not given or not given[-1]:
+    ckpt_path = value_given(argv, "ckpt_path")
+    if not ckpt_path:
         fail(prog, "ckpt_path is required: poslab-eval ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt")
-    path = Path(given[-1]).expanduser()
-    if not path.is_file():
-        fail(prog, f"ckpt_path={given[-1]}: no such file")
+    if not Path(ckpt_path).expanduser().is_file():
+        fail(prog, f"ckpt_path={ckpt_path}: no such file")
     return argv
 
 
@@ -239,3 +244,21 @@ def eval_main() -> None:
         return hydra_main
 
     run_console_script("poslab-eval", entry_point, check_eval_command_line)
+
+
+def inspect_main() -> None:
+    """The poslab-inspect console script."""
+
+    def entry_point():
+        from poslab.inspect_encodings import hydra_main
+
+        return hydra_main
+
+    def check_checkpoint(prog: str, argv: list[str]) -> list[str]:
+        # a checkpoint that is not there is answered before Hydra starts (it names the folder)
+        ckpt_path = value_given(argv, "ckpt_path")
+        if ckpt_path not in (None, "", "null") and not Path(ckpt_path).expanduser().is_file():
+            fail(prog, f"ckpt_path={ckpt_path}: no such file")
+        return argv
+
+    run_console_script("poslab-inspect", entry_point, check_checkpoint)
