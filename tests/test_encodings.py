@@ -69,10 +69,15 @@ def tiny_gpt(name: str) -> GPT:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_shapes(name):
+def test_a_prefix_scores_the_same_alone(name):
+    """The first 5 tokens get the same logits alone as at the start of a longer sequence: nothing
+    leaks from later tokens, and positions start at 0 whatever the length (within the context)."""
     model = tiny_gpt(name)
     idx = torch.randint(0, 50, (3, CONTEXT))
-    assert model(idx).shape == (3, CONTEXT, 50)
+    with torch.no_grad():
+        whole, prefix = model(idx), model(idx[:, :5])
+    assert whole.shape == (3, CONTEXT, 50)
+    torch.testing.assert_close(prefix, whole[:, :5], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ALL)
