@@ -569,8 +569,8 @@ def summary_line(row: Row, protocols: list[Protocol]) -> str:
 
 def longest_within_tolerance(row: Row, protocol: Protocol) -> tuple[int, bool] | None:
     """The longest eval length up to which every scored length from the training context on has a
-    perplexity within TOLERANCE of the in-length one (the ratio in the table, as it is shown),
-    and whether it is the longest length scored. None without a perplexity at the training
+    perplexity within TOLERANCE of the in-length one (the exact ratio, as wandb's
+    extrap/max_len_within_10pct; a table cell showing 1.10x may be just above), and whether it is the longest length scored. None without a perplexity at the training
     context. Contiguous on purpose: a model that fails the test at 2x and passes it at 4x does not
     hold up to 4x."""
     context = row.train_context
@@ -580,7 +580,7 @@ def longest_within_tolerance(row: Row, protocol: Protocol) -> tuple[int, bool] |
     longest = None
     for length in lengths:
         cell = cell_at(row.runs, protocol, length)
-        if cell is None or cell.ratio is None or round(cell.ratio, 2) > 1 + TOLERANCE:
+        if cell is None or cell.ratio is None or cell.ratio > 1 + TOLERANCE:
             break
         longest = length
     return None if longest is None else (longest, longest == lengths[-1] and len(lengths) > 1)
