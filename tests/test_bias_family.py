@@ -145,20 +145,31 @@ def test_distance_biases_depend_only_on_the_offset(cls):
 
 
 def test_fire_shortcuts_give_the_direct_formula():
-    """Within the threshold FIRE looks f up per distance; past it, f runs in chunks of query rows.
-    Both equal f(normalized_distance) evaluated in one piece."""
+    """Query rows within the threshold look f up per distance, the rest run f per pair, in chunks
+    of rows when large. Values and gradients equal f(normalized_distance) evaluated in one piece."""
     torch.manual_seed(0)
     enc = FIRE(N_HEAD)
     with torch.no_grad():
         for p in (enc.w1, enc.b1, enc.w2, enc.b2):
             p.copy_(torch.randn_like(p))
+        enc.threshold_scale.fill_(1.001)  # L = 512.5: no query exactly at L, where max() splits its gradient
 
     def direct(q_pos, k_pos):
         return enc.mlp(enc.normalized_distance(q_pos, k_pos)).movedim(-1, -3)
 
-    within = torch.stack([torch.randperm(500)[:64].sort().values for _ in range(3)])  # (B, T), all < L = 512
-    for pos in (torch.arange(300), within):
+    def sorted_samples(high):
+        return torch.stack([torch.randperm(high)[:64].sort().values for _ in range(3)])
+
+    # within L = 512; straddling it; per-sample within; per-sample straddling
+    for pos in (torch.arange(300), torch.arange(700), sorted_samples(500), sorted_samples(900)):
+        weights = torch.randn(enc.bias(pos, pos).shape)
+        got = torch.autograd.grad((enc.bias(pos, pos) * weights).sum(), list(enc.parameters()))
+        want = torch.autograd.grad((direct(pos, pos) * weights).sum(), list(enc.parameters()))
         torch.testing.assert_close(enc.bias(pos, pos), direct(pos, pos))
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-3)  # sums over ~10^5 terms
+    assert enc.leading_rows_within(torch.arange(700)) == 513
+    assert enc.leading_rows_within(torch.tensor([[0, 5, 600, 700], [0, 520, 530, 540]])) == 1
     past = torch.arange(1100) * 3  # 1100 x 1100 x 32 hidden values: three chunks of rows
     with torch.no_grad():
         torch.testing.assert_close(enc.bias(past, past), direct(past, past))

@@ -202,15 +202,31 @@ class FIRE(PositionalEncoding):
         return torch.log1p(c * distance) / normaliser.unsqueeze(-1)
 
     def bias(self, q_pos, k_pos):
-        if not q_pos.is_floating_point() and not k_pos.is_floating_point() and q_pos.max() <= self.threshold():
-            # Every query is within L, so psi(max(L, i)) = psi(L) and the bias depends on |i - j|
-            # alone: run f once per distance and look it up, instead of once per (query, key) pair.
-            distance = query_key_distance(q_pos, k_pos).abs()  # (..., Tq, Tk)
-            c = self.c.abs()
-            steps = torch.arange(int(distance.max()) + 1, device=distance.device, dtype=torch.float32)
-            table = self.mlp(torch.log1p(c * steps) / (torch.log1p(c * self.threshold()) + self.eps))  # (D, H)
-            return lookup(table.t(), distance)
-        x = self.normalized_distance(q_pos, k_pos)
+        # Queries within L share the normaliser psi(L), so for them the bias depends on |i - j|
+        # alone: f runs once per distance and is looked up (the whole bias during training at a
+        # context up to L). Queries past L run f once per (query, key) pair.
+        rows = 0 if q_pos.is_floating_point() or k_pos.is_floating_point() else self.leading_rows_within(q_pos)
+        parts = []
+        if rows > 0:
+            parts.append(self.distance_table_bias(q_pos[..., :rows], k_pos))
+        if rows < q_pos.shape[-1]:
+            parts.append(self.pairwise_bias(q_pos[..., rows:], k_pos))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)  # (..., H, Tq, Tk)
+
+    def leading_rows_within(self, q_pos: torch.Tensor) -> int:
+        """How many leading query rows are within L, in every sample."""
+        within = (q_pos <= self.threshold()).reshape(-1, q_pos.shape[-1]).all(0)  # (Tq,)
+        return int(within.int().cumprod(0).sum())
+
+    def distance_table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        distance = query_key_distance(q_pos, k_pos).abs()  # (..., Tq, Tk)
+        c = self.c.abs()
+        steps = torch.arange(int(distance.max()) + 1, device=distance.device, dtype=torch.float32)
+        table = self.mlp(torch.log1p(c * steps) / (torch.log1p(c * self.threshold()) + self.eps))  # (D, H)
+        return lookup(table.t(), distance)
+
+    def pairwise_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        x = self.normalized_distance(q_pos, k_pos)  # (..., Tq, Tk)
         # f's hidden layer holds (..., rows, Tk, hidden) values: a few million per chunk of query
         # rows keeps long evaluations within memory (with autograd on, it is kept either way)
         rows = max(1, 2**24 // (x[..., 0, :].numel() * self.w1.numel()))
