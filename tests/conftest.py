@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,24 @@ def train_config(tmp_path, text_corpus):
         return compose_config("train", [*base, *overrides], tmp_path / "run")
 
     return make
+
+
+def train_tiny_run(root: Path, run_name: str, *overrides: str) -> Path:
+    """Train a tiny RoPE model through `python -m poslab.train` into root/runs/run_name, as
+    poslab-train leaves a run folder; returns its last.ckpt."""
+    corpus = root / "corpus"
+    corpus.mkdir()
+    text = Path(__file__).read_text()
+    for i in range(30):
+        (corpus / f"doc_{i:02d}.txt").write_text(f"# {i}\n" + text * (1 + i % 3))
+    args = ["data=text_files", f"data.corpus.train={corpus}/*.txt", *TINY, "trainer.max_steps=3", *overrides]
+    run_dir = root / "runs" / run_name
+    out = subprocess.run(
+        [sys.executable, "-m", "poslab.train", *args, f"hydra.run.dir={run_dir}"],
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"

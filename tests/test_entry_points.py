@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY
+from conftest import TINY, train_tiny_run
 from poslab import cli
 from poslab.results import find_results, read_results
 from poslab.train import train
@@ -23,24 +23,7 @@ EVAL_TINY = ["logger=csv", "eval.lengths_x=[1,2]", "eval.num_tokens=256", "eval.
 @pytest.fixture(scope="module")
 def rope_checkpoint(tmp_path_factory):
     """A RoPE run trained with seed 2, in a run folder as poslab-train leaves it."""
-    root = tmp_path_factory.mktemp("ckpt")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    text = Path(__file__).read_text()
-    for i in range(30):
-        (corpus / f"doc_{i:02d}.txt").write_text(f"# {i}\n" + text * (1 + i % 3))
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    args = ["data=text_files", f"data.corpus.train={corpus}/*.txt", *TINY, "trainer.max_steps=3", "seed=2"]
-    run_dir = root / "runs" / "2026-01-01_00-00-00_rope_abc123"
-    out = subprocess.run(
-        [sys.executable, "-m", "poslab.train", *args, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir / "checkpoints" / "last.ckpt"
+    return train_tiny_run(tmp_path_factory.mktemp("ckpt"), "2026-01-01_00-00-00_rope_abc123", "seed=2")
 
 
 @pytest.mark.parametrize(

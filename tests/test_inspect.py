@@ -3,11 +3,8 @@ hand-built patterns, attention recomputed exactly as the model computes it, and 
 script on an encoding and on a checkpoint."""
 
 import math
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import ENCODINGS, TINY, compose_config
+from conftest import ENCODINGS, compose_config, train_tiny_run
 from poslab import cli
 from poslab.diagnostics import attention, geometry
 from poslab.encodings import ALiBi, RoPE, RoPEPositionInterpolation, Sinusoidal, alibi_slopes
@@ -258,24 +255,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(monkeypatch, capfd, tmp_path, 
 @pytest.fixture(scope="module")
 def rope_checkpoint(tmp_path_factory):
     """A tiny RoPE run (context 16), in a run folder as poslab-train leaves it."""
-    root = tmp_path_factory.mktemp("inspect_ckpt")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    text = Path(__file__).read_text()
-    for i in range(30):
-        (corpus / f"doc_{i:02d}.txt").write_text(f"# {i}\n" + text * (1 + i % 3))
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    args = ["data=text_files", f"data.corpus.train={corpus}/*.txt", *TINY, "trainer.max_steps=3"]
-    run_dir = root / "runs" / "2026-01-01_00-00-00_rope_abc123"
-    out = subprocess.run(
-        [sys.executable, "-m", "poslab.train", *args, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return run_dir / "checkpoints" / "last.ckpt"
+    return train_tiny_run(tmp_path_factory.mktemp("inspect_ckpt"), "2026-01-01_00-00-00_rope_abc123", "seed=0")
 
 
 def test_inspect_a_checkpoint_under_its_variants(monkeypatch, tmp_path, rope_checkpoint):
