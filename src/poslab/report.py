@@ -570,9 +570,9 @@ def summary_line(row: Row, protocols: list[Protocol]) -> str:
 def longest_within_tolerance(row: Row, protocol: Protocol) -> tuple[int, bool] | None:
     """The longest eval length up to which every scored length from the training context on has a
     perplexity within TOLERANCE of the in-length one (the exact ratio, as wandb's
-    extrap/max_len_within_10pct; a table cell showing 1.10x may be just above), and whether it is the longest length scored. None without a perplexity at the training
-    context. Contiguous on purpose: a model that fails the test at 2x and passes it at 4x does not
-    hold up to 4x."""
+    extrap/max_len_within_10pct; a table cell showing 1.10x may be just above), and whether it is
+    the longest length scored. None without a perplexity at the training context. Contiguous on
+    purpose: a model that fails the test at 2x and passes it at 4x does not hold up to 4x."""
     context = row.train_context
     lengths = [length for length in eval_lengths([row], protocol) if context and length >= context]
     if not lengths or lengths[0] != context:
