@@ -168,6 +168,8 @@ def test_longest_length_within_ten_percent():
     rows[3] = row(1024, 7.5)  # lower than in length (more context) is within too
     assert max_length_within(rows, 0.10) == 1024
     assert max_length_within(rows[1:], 0.10) is None  # no in-length row
+    rows[1] = row(256, 9.0)  # fails at 2x: holding at 4x and 8x after it does not count
+    assert max_length_within(rows, 0.10) == 128
 
 
 # --- settings --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ and what is allowed, before data is loaded, a logger starts or a file is written
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -50,15 +51,22 @@ def _position_range(positions: str, context: int, max_position: int | None) -> i
 
 
 def _checkpoint_config(ckpt_path: str) -> dict:
-    import torch
-
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ConfigError(f"init_from={ckpt_path}: no such file")
+    stat = path.stat()
+    return _read_checkpoint_config(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint_config(path: str, mtime_ns: int, size: int) -> dict:
+    """One read per checkpoint file (and version of it) however many resolvers ask."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=False)["poslab_config"]
     except Exception as error:
-        raise ConfigError(f"init_from={ckpt_path}: not a poslab checkpoint ({type(error).__name__})") from error
+        raise ConfigError(f"init_from={path}: not a poslab checkpoint ({type(error).__name__})") from error
 
 
 def _checkpoint_context(ckpt_path: str) -> int:

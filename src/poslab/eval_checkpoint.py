@@ -61,10 +61,13 @@ def read_checkpoint(ckpt_path: str) -> dict:
     return checkpoint
 
 
-def load_checkpoint(ckpt_path: str, pos_enc: DictConfig | None) -> tuple[LitGPT, DictConfig]:
+def load_checkpoint(
+    ckpt_path: str, pos_enc: DictConfig | None, checkpoint: dict | None = None
+) -> tuple[LitGPT, DictConfig]:
     """The model of a checkpoint, optionally under another encoding of the same family; and its
-    run config with that encoding in place."""
-    checkpoint = read_checkpoint(ckpt_path)
+    run config with that encoding in place. `checkpoint`: the file already read (several
+    variants of one checkpoint read it once)."""
+    checkpoint = checkpoint if checkpoint is not None else read_checkpoint(ckpt_path)
     run_cfg = OmegaConf.create(checkpoint["poslab_config"])
     hparams = checkpoint["hyper_parameters"]
     encoding = hparams["pos_enc"]
@@ -111,11 +114,12 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score one checkpoint under each requested variant, all on the same held-out tokens; one
     results.json whose rows carry their variant, one wandb run per variant."""
     variants = requested_variants(cfg)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     # load every variant before scoring any: one that does not fit is refused up front
     models = {}
     for name, encoding in variants:
         try:
-            models[name], run_cfg = load_checkpoint(cfg.ckpt_path, encoding)
+            models[name], run_cfg = load_checkpoint(cfg.ckpt_path, encoding, checkpoint)
         except ConfigError as error:
             raise ConfigError(f"{name}: {error}" if len(variants) > 1 else str(error)) from error
     context = run_cfg.data.context
@@ -141,7 +145,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "ckpt_path": str(cfg.ckpt_path),
     }
     if len(variants) > 1:  # each variant's encoding is in its rows; the config holds the trained one
-        scored_config["pos_enc"] = read_checkpoint(cfg.ckpt_path)["hyper_parameters"]["pos_enc"]
+        scored_config["pos_enc"] = checkpoint["hyper_parameters"]["pos_enc"]
     rows, passkey = [], None
     for name, lit in models.items():
         lit.to(device)

@@ -247,10 +247,16 @@ def in_length_ppl(rows: list[ExtrapolationRow]) -> float | None:
 
 
 def max_length_within(rows: list[ExtrapolationRow], tolerance: float = 0.10) -> int | None:
-    """The longest eval length whose perplexity is at most (1 + tolerance) times the perplexity at
-    the training context, among the rows of one protocol; None without an in-length row."""
+    """The longest eval length up to which every length from the training context on has a
+    perplexity at most (1 + tolerance) times the perplexity at the training context, among the rows
+    of one protocol; None without an in-length row. Contiguous, as in the report: a model that
+    fails at 2x and passes at 4x holds up to 1x."""
     reference = in_length_ppl(rows)
     if reference is None:
         return None
-    within = [row.eval_length for row in rows if row.status == "ok" and row.ppl <= (1 + tolerance) * reference]
-    return max(within, default=None)
+    longest = None
+    for row in sorted((r for r in rows if r.length_ratio >= 1), key=lambda r: r.eval_length):
+        if row.status != "ok" or row.ppl > (1 + tolerance) * reference:
+            break
+        longest = row.eval_length
+    return longest

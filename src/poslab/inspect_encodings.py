@@ -159,9 +159,10 @@ def load_variants(cfg: DictConfig) -> tuple[dict, DictConfig]:
     names = _variant_names(cfg.get("variant"))
     requested = [(name, OmegaConf.load(Path(CONFIG_DIR) / "pos_enc" / f"{name}.yaml")) for name in names]
     models, run_cfg = {}, None
+    checkpoint = read_checkpoint(cfg.ckpt_path)
     for name, encoding in requested or [(None, None)]:
         try:
-            lit, run_cfg = load_checkpoint(cfg.ckpt_path, encoding)
+            lit, run_cfg = load_checkpoint(cfg.ckpt_path, encoding, checkpoint)
         except ConfigError as error:
             raise ConfigError(f"variant={name}: {error}" if name else str(error)) from error
         models[name or run_cfg.get("pos_enc_name", "trained")] = lit.model

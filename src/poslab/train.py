@@ -86,9 +86,9 @@ def start_from_checkpoint(lit: LitGPT, cfg: DictConfig) -> None:
     log.info("starting from the weights of %s (step %d)", cfg.init_from, checkpoint.get("global_step", 0))
 
 
-def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path | None]:
+def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path | None, int | None]:
     """What an earlier attempt left in this job's folder: (ok results to reuse, checkpoint to
-    resume from). A folder holding another config's work is refused, never overwritten."""
+    resume from, its step). A folder holding another config's work is refused, never overwritten."""
     results_path = output_dir / FILENAME
     if results_path.is_file():
         try:
@@ -102,18 +102,18 @@ def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path |
                     f"{output_dir} holds a finished run with another config ({', '.join(differ[:5])} differ); "
                     "use another folder"
                 )
-            return earlier, None
+            return earlier, None, None
     checkpoint = output_dir / LAST_CHECKPOINT
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False).get("poslab_config")
-        differ = config_differences(saved, resolved, ignore_seed=False)
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        differ = config_differences(saved.get("poslab_config"), resolved, ignore_seed=False)
         if differ:
             raise ConfigError(
                 f"{checkpoint} was trained with another config ({', '.join(differ[:5])} differ); "
                 "resume it with its own config (poslab-train resume=RUN_DIR) or use another folder"
             )
-        return None, checkpoint
-    return None, None
+        return None, checkpoint, saved["global_step"]
+    return None, None, None
 
 
 def reuse(results: dict, output_dir: Path) -> dict:
@@ -139,14 +139,12 @@ def train(cfg: DictConfig) -> dict | None:
     output_dir = Path(cfg.paths.output_dir)
     datamodule, lit, lengths, heldout = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    finished, resume_from = previous_work(output_dir, resolved)
+    finished, resume_from, resumed_step = previous_work(output_dir, resolved)
     if finished is not None:
         return reuse(finished, output_dir)
-    resumed_step = None
     if cfg.get("init_from") and resume_from is None:
         start_from_checkpoint(lit, cfg)
     if resume_from is not None:
-        resumed_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"]
         log_resumed_attempt_apart(cfg, resumed_step)
         log.info("resuming from %s at step %d", resume_from, resumed_step)
     lit.run_config = resolved
