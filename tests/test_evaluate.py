@@ -34,6 +34,25 @@ def test_uniform_logits_give_vocab_size_perplexity():
         assert row.bpb == pytest.approx(8.0)  # a uniform byte is 8 bits
 
 
+def test_bits_per_byte_counts_the_text_bytes_not_the_tokens():
+    # A uniform model over 1,024 tokens: 10 bits per token. If those 4,096 tokens stood for 3 bytes
+    # each (a BPE), the same text costs 10 / 3 bits per byte, under every protocol.
+    tokens = np.random.default_rng(0).integers(0, 1024, 4097)
+    rows = extrapolation_sweep(
+        UniformModel(1024),
+        tokens,
+        [64, 256],
+        train_length=64,
+        protocols=["nonoverlapping", "sliding"],
+        stride=32,
+        scored_bytes=3 * 4096,
+    )
+    for row in rows:
+        assert row.bytes_scored == 3 * 4096 and row.tokens_scored == 4096
+        assert row.bpb == pytest.approx(10 / 3)
+        assert row.ppl == pytest.approx(1024.0)
+
+
 def test_every_length_scores_the_same_tokens():
     tokens = np.arange(1025) % 256
     lengths = [16, 64, 256, 1024]

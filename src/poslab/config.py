@@ -249,6 +249,22 @@ TRAIN_KEYS = (
 )
 
 
+def check_tokenizer_config(data_cfg, eval_cfg) -> None:
+    """Passkey sequences (poslab.passkey) are built from bytes: only the byte tokenizer serves them."""
+    target = str(OmegaConf.select(data_cfg, "tokenizer._target_", default="poslab.data.ByteTokenizer"))
+    if target.endswith("ByteTokenizer"):
+        return
+    name = OmegaConf.select(data_cfg, "tokenizer.name", default=None) or target.rsplit(".", 1)[-1]
+    if OmegaConf.select(eval_cfg, "passkey.enabled", default=False):
+        raise ConfigError(
+            f"eval.passkey.enabled=true needs the byte tokenizer (passkey sequences are built from bytes), "
+            f"not {name}; use data/tokenizer=bytes"
+        )
+    mix = OmegaConf.select(data_cfg, "passkey_mix", default=0.0) or 0.0
+    if mix > 0:
+        raise ConfigError(f"data.passkey_mix={mix} needs the byte tokenizer, not {name}; use data/tokenizer=bytes")
+
+
 def check_train_config(cfg: DictConfig) -> list[int]:
     """Validate a composed training config; returns the absolute eval lengths. Every key is
     checked here once, and the message names it as it is written on the command line."""
@@ -270,6 +286,7 @@ def check_train_config(cfg: DictConfig) -> list[int]:
         _positive(cfg, key)
     check_positions_config(cfg.data)
     check_passkey_mix(cfg.data)
+    check_tokenizer_config(cfg.data, cfg.eval)
     check_trainer_config(cfg)
     if cfg.eval.get("variants"):
         raise ConfigError(

@@ -20,7 +20,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab import cli
-from poslab.config import CONFIG_DIR, ConfigError, available, check_eval_config, checkpoint_run_name
+from poslab.config import (
+    CONFIG_DIR,
+    ConfigError,
+    available,
+    check_eval_config,
+    check_tokenizer_config,
+    checkpoint_run_name,
+)
 from poslab.lit import LitGPT
 from poslab.results import FILENAME, build_results, read_results
 from poslab.tracking import finish_wandb, log_extrapolation, make_loggers, record, score, score_passkey
@@ -124,6 +131,7 @@ def evaluate(cfg: DictConfig) -> dict:
             raise ConfigError(f"{name}: {error}" if len(variants) > 1 else str(error)) from error
     context = run_cfg.data.context
     lengths = check_eval_config(cfg.eval, context)
+    check_tokenizer_config(run_cfg.data, cfg.eval)
     trained_name = run_cfg.pos_enc_name
     with open_dict(cfg):
         cfg.pos_enc_name = variants[0][0] if len(variants) == 1 else trained_name
@@ -154,7 +162,14 @@ def evaluate(cfg: DictConfig) -> dict:
             for logger in loggers:
                 logger.log_hyperparams({"config": scored_config, "trained_as": trained_name, "variant": name})
             scored = score(
-                lit.model, heldout, lengths, train_length=context, eval_cfg=cfg.eval, device=device, variant=name
+                lit.model,
+                heldout,
+                lengths,
+                train_length=context,
+                eval_cfg=cfg.eval,
+                device=device,
+                variant=name,
+                scored_bytes=datamodule.heldout_bytes(heldout),
             )
             # at most one variant when passkey is on (poslab.config refuses several)
             passkey = score_passkey(

@@ -180,11 +180,14 @@ def extrapolation_sweep(
     batch_tokens: int = 16384,
     device: torch.device | str = "cpu",
     progress=None,
+    scored_bytes: int | None = None,
 ) -> list[ExtrapolationRow]:
     """Score `tokens` at each length under each protocol (rows in that order: protocol, then
     length). `model` maps (B, T) ids to logits and exposes `pos_enc`. Lengths the encoding cannot
     serve are recorded as unsupported, with the reason; a length whose loss is not finite, or that
-    does not fit in memory even one window at a time, is recorded as such and the sweep goes on."""
+    does not fit in memory even one window at a time, is recorded as such and the sweep goes on.
+    `scored_bytes`: the UTF-8 bytes of the text behind tokens[1:], so bits per byte compare across
+    tokenizers; None means one byte per token (the byte tokenizer)."""
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     for protocol in protocols:
         if protocol not in PROTOCOLS:
@@ -198,7 +201,9 @@ def extrapolation_sweep(
     try:
         for protocol in protocols:
             for length in lengths:
-                row = score_length(model, tokens, length, train_length, protocol, stride, batch_tokens, device)
+                row = score_length(
+                    model, tokens, length, train_length, protocol, stride, batch_tokens, device, scored_bytes
+                )
                 rows.append(row)
                 if progress is not None:
                     progress(row)
@@ -207,7 +212,9 @@ def extrapolation_sweep(
     return rows
 
 
-def score_length(model, tokens, length, train_length, protocol, stride, batch_tokens, device) -> ExtrapolationRow:
+def score_length(
+    model, tokens, length, train_length, protocol, stride, batch_tokens, device, scored_bytes: int | None = None
+) -> ExtrapolationRow:
     step = protocol_stride(protocol, length, stride)
     row = ExtrapolationRow(
         eval_length=length, length_ratio=length / train_length, protocol=protocol, status="ok", stride=step
@@ -226,14 +233,20 @@ def score_length(model, tokens, length, train_length, protocol, stride, batch_to
         return row
     total_nats, count = float(loss_sum.sum()), int(counts.sum())
     row.tokens_scored = count
-    row.bytes_scored = count  # byte-level tokens
+    # every protocol scores each target of tokens[1:] once; a sweep cut short of them (never
+    # today) would be given its share of the bytes
+    targets = len(tokens) - 1
+    if scored_bytes is None:
+        row.bytes_scored = count
+    else:
+        row.bytes_scored = int(scored_bytes) if count == targets else round(scored_bytes * count / targets)
     mean = total_nats / count
     if not math.isfinite(mean) or mean >= 700:  # exp() of it would not be a finite perplexity
         row.status, row.reason = "non_finite", f"the mean loss is {mean} nats per token"
         return row
     row.loss = mean
     row.ppl = math.exp(mean)
-    row.bpb = mean / math.log(2)
+    row.bpb = total_nats / (math.log(2) * row.bytes_scored)
     row.per_position = bin_positions(loss_sum, counts)
     return row
 

@@ -1024,7 +1024,15 @@ def _data_figure(run: Run) -> str | None:
     if not data:
         return None
     python = f" (Python {data['python']})" if data.get("python") else ""
-    return f"{data.get('corpus', 'unknown corpus')}{python}, sha256 {str(data.get('sha256') or 'n/a')[:12]}, byte-level"
+    tokenizer = data.get("tokenizer") or {"name": "bytes"}
+    tokenizer = tokenizer if isinstance(tokenizer, dict) else {"name": tokenizer}
+    level = (
+        "byte-level"
+        if tokenizer.get("name") == "bytes"
+        else f"{tokenizer.get('name')} tokens (vocabulary {tokenizer.get('vocab_size')}; compare runs on bits per byte)"
+    )
+    corpus = data.get("corpus", "unknown corpus")
+    return f"{corpus}{python}, sha256 {str(data.get('sha256') or 'n/a')[:12]}, {level}"
 
 
 def _eval_figure(run: Run) -> str | None:

@@ -295,7 +295,17 @@ def format_passkey(passkey: dict) -> str:
     return "\n".join(lines)
 
 
-def score(model, heldout, lengths: list[int], *, train_length: int, eval_cfg, device, variant: str):
+def score(
+    model,
+    heldout,
+    lengths: list[int],
+    *,
+    train_length: int,
+    eval_cfg,
+    device,
+    variant: str,
+    scored_bytes: int | None = None,
+):
     """The extrapolation sweep of one model (one variant), under each protocol, with progress on
     the console."""
     protocols = eval_protocols(eval_cfg)
@@ -315,6 +325,7 @@ def score(model, heldout, lengths: list[int], *, train_length: int, eval_cfg, de
         stride=eval_cfg.get("stride"),
         batch_tokens=eval_cfg.batch_tokens,
         device=device,
+        scored_bytes=scored_bytes,
         progress=lambda row: log.info(
             "  %s length %d: %s",
             row.protocol,
@@ -395,11 +406,19 @@ def score_and_record(
     data: dict,
     train: dict,
     output_dir,
+    scored_bytes: int | None = None,
 ) -> dict:
     """The end of a training job: the extrapolation sweep and the passkey grid, both to wandb,
     results.json in the run folder, and the tables on the console. Returns the results."""
     rows = score(
-        model, heldout, lengths, train_length=train_length, eval_cfg=eval_cfg, device=device, variant=run["pos_enc"]
+        model,
+        heldout,
+        lengths,
+        train_length=train_length,
+        eval_cfg=eval_cfg,
+        device=device,
+        variant=run["pos_enc"],
+        scored_bytes=scored_bytes,
     )
     passkey = score_passkey(
         model,

@@ -205,6 +205,7 @@ def train(cfg: DictConfig) -> dict | None:
             run=run,
             config=resolved,
             data=datamodule.fingerprint,
+            scored_bytes=datamodule.heldout_bytes(heldout),
             train={
                 "steps": steps,
                 "tokens": tokens,

@@ -1,7 +1,21 @@
-"""Corpora, tokenizer and the Lightning DataModule."""
+"""Corpora, tokenizers, the token cache and the Lightning DataModule."""
 
-from poslab.data.corpora import Corpus, HubCorpus, StdlibCorpus, TextFilesCorpus
+from poslab.data.corpora import Corpus, HubCorpus, PG19Corpus, StdlibCorpus, TextFilesCorpus
 from poslab.data.datamodule import TokenDataModule, Windows
-from poslab.data.tokenizer import ByteTokenizer
+from poslab.data.token_cache import TokenCache
+from poslab.data.tokenizer import BPETokenizer, ByteTokenizer, PretrainedTokenizer, Tokenizer
 
-__all__ = ["ByteTokenizer", "Corpus", "HubCorpus", "StdlibCorpus", "TextFilesCorpus", "TokenDataModule", "Windows"]
+__all__ = [
+    "BPETokenizer",
+    "ByteTokenizer",
+    "Corpus",
+    "HubCorpus",
+    "PG19Corpus",
+    "PretrainedTokenizer",
+    "StdlibCorpus",
+    "TextFilesCorpus",
+    "TokenCache",
+    "TokenDataModule",
+    "Tokenizer",
+    "Windows",
+]

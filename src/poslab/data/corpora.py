@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import os
 import platform
+import re
 import socket
 import sys
 import sysconfig
@@ -18,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 SPLITS = ("train", "validation", "test")
+
+log = logging.getLogger(__name__)
 
 
 class CorpusUnavailableError(RuntimeError):
@@ -76,6 +80,15 @@ class Corpus:
 
     def fingerprint(self) -> dict:
         raise NotImplementedError
+
+    def identity(self) -> dict | None:
+        """What determines the text of every split, known before loading (the token cache's key),
+        or None when only the loaded data can tell (then `loaded_identity` is used)."""
+        return None
+
+    def loaded_identity(self, loaded) -> dict:
+        """The identity of loaded splits: `datasets`' own fingerprint of each."""
+        return {"corpus": self.name, "datasets_fingerprint": {split: loaded[split]._fingerprint for split in SPLITS}}
 
 
 class TextFilesCorpus(Corpus):
@@ -142,7 +155,16 @@ class TextFilesCorpus(Corpus):
         all_files = [f for files in self.files.values() for f in files]
         return Path(os.path.commonpath(all_files)) if len(all_files) > 1 else Path(all_files[0]).parent
 
+    def identity(self) -> dict:
+        # the content hash covers every file's bytes, relative name and split
+        return {"corpus": self.name, "sha256": self.fingerprint()["sha256"], "sample_by": self.sample_by}
+
     def fingerprint(self) -> dict:
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._read_fingerprint()
+        return self._fingerprint
+
+    def _read_fingerprint(self) -> dict:
         root = self._root()
         digest = hashlib.sha256()
         total_bytes = 0
@@ -190,8 +212,17 @@ class StdlibCorpus(TextFilesCorpus):
     def _root(self) -> Path:
         return self.root
 
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "python": platform.python_version(), "implementation": sys.implementation.name}
+    def _read_fingerprint(self) -> dict:
+        return {
+            **super()._read_fingerprint(),
+            "python": platform.python_version(),
+            "implementation": sys.implementation.name,
+        }
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
@@ -205,17 +236,58 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
         return False
 
 
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+ROWS = ("lines", "documents")
+
+
 class HubCorpus(Corpus):
-    """A dataset on the Hugging Face hub, e.g. WikiText-103 (rows are lines)."""
+    """A dataset on the Hugging Face hub, through `datasets` and its cache; or a local folder laid
+    out like a hub dataset (e.g. data/train-*.parquet), read through the same code path.
 
-    separator = ""
+    - `revision`: a commit, branch or tag (null = main). A branch is resolved to its commit when
+      the hub is reachable, and the commit is recorded; offline, the last recorded commit is used.
+      Data are always loaded at that commit, and the token cache is keyed by it, so new data on
+      the hub never meet old tokens. A local folder is identified by a hash of its files.
+    - `splits`: this corpus's train / validation / test as the hub's split names, `datasets`'
+      slicing included (`validation[:50%]`); default: the same names.
+    - `rows`: `lines` (rows are lines of one text, joined as they are: WikiText) or `documents`
+      (one document per row, each followed by the NUL document separator).
+    - `heldout_bytes`: cut the hub's training split, joined into one text, into train /
+      validation / test with the last 2 x heldout_bytes bytes held out (the enwik8 protocol);
+      each cut moves forward to the next character boundary.
+    """
 
-    def __init__(self, path: str, name: str | None = None, text_column: str = "text", cache_dir: str | None = None):
+    def __init__(
+        self,
+        path: str,
+        name: str | None = None,
+        revision: str | None = None,
+        data_dir: str | None = None,
+        text_column: str = "text",
+        splits: dict | None = None,
+        rows: str = "lines",
+        heldout_bytes: int | None = None,
+        cache_dir: str | None = None,
+    ):
+        if rows not in ROWS:
+            raise ValueError(f"data.corpus.rows={rows}: allowed: {', '.join(ROWS)}")
+        splits = dict(splits or {split: split for split in SPLITS})
+        if heldout_bytes is None and set(splits) != set(SPLITS):
+            raise ValueError(f"data.corpus.splits must name the hub split of each of {', '.join(SPLITS)}, got {splits}")
+        if heldout_bytes is not None and (not isinstance(heldout_bytes, int) or heldout_bytes <= 0):
+            raise ValueError(f"data.corpus.heldout_bytes={heldout_bytes} must be a positive integer")
         self.path = path
         self.config_name = name
+        self.revision = revision
+        self.data_dir = data_dir
         self.text_column = text_column
+        self.splits = splits
+        self.rows = rows
+        self.separator = "" if rows == "lines" else "\0"
+        self.heldout_bytes = heldout_bytes
         self.cache_dir = cache_dir
         self.name = f"{path}/{name}" if name else path
+        self._commit: str | None = None
 
     def _offline_help(self, why: str) -> str:
         return (
@@ -224,26 +296,214 @@ class HubCorpus(Corpus):
             f'files with data=text_files "data.corpus.train=/path/to/*.txt"'
         )
 
+    def _revision_record(self) -> Path:
+        from poslab.data.token_cache import default_cache_root, key_hash
+
+        key = key_hash({"kind": "hub-revision", "path": self.path, "revision": self.revision})
+        return default_cache_root(self.cache_dir) / "poslab_tokens" / "revisions" / f"{key}.txt"
+
+    def local_folder(self) -> Path | None:
+        folder = Path(os.path.expanduser(str(self.path)))
+        return folder.resolve() if folder.is_dir() else None
+
+    def _local_sha256(self, folder: Path) -> str:
+        """A hash of every file (relative name and bytes) under the folder (or its data_dir)."""
+        digest = hashlib.sha256()
+        root = folder / self.data_dir if self.data_dir else folder
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = path.relative_to(folder)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            data = path.read_bytes()
+            digest.update(f"{relative.as_posix()}\0{len(data)}\0".encode())
+            digest.update(data)
+        return digest.hexdigest()
+
+    def resolved_commit(self) -> str | None:
+        """The commit the data are read at; None when offline and never resolved on this machine,
+        or for a local folder."""
+        if self._commit is not None or self.local_folder() is not None:
+            return self._commit
+        if self.revision and _COMMIT.fullmatch(str(self.revision)):
+            self._commit = str(self.revision)
+            return self._commit
+        record = self._revision_record()
+        recorded = record.read_text().strip() if record.is_file() else None
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        if hub_offline():
+            self._commit = recorded
+            return recorded
+        if not hub_reachable(endpoint):
+            if recorded:
+                log.warning("%s is unreachable: reading %s at its last known commit %s", endpoint, self.name, recorded)
+                self._commit = recorded
+                return recorded
+            raise CorpusUnavailableError(self._offline_help(f"{endpoint} is unreachable"))
+        from huggingface_hub import HfApi
+
+        try:
+            commit = HfApi(endpoint=endpoint).dataset_info(self.path, revision=self.revision, timeout=10).sha
+        except Exception as error:  # noqa: BLE001 - one line, whatever the hub client raised
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CorpusUnavailableError(
+                f"data: cannot find {self.path!r} at revision {self.revision or 'main'} on the hub: {first}"
+            ) from error
+        if commit != recorded:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+            tmp.write_text(commit)
+            os.replace(tmp, record)
+        self._commit = commit
+        return commit
+
+    def _settings(self) -> dict:
+        return {
+            "corpus": self.name,
+            "path": self.path,
+            "name": self.config_name,
+            "revision": self.revision,
+            "data_dir": self.data_dir,
+            "text_column": self.text_column,
+            "splits": self.splits,
+            "rows": self.rows,
+            "heldout_bytes": self.heldout_bytes,
+        }
+
+    def identity(self) -> dict | None:
+        folder = self.local_folder()
+        if folder is not None:
+            return {**self._settings(), "path": str(folder), "sha256": self._local_sha256(folder)}
+        commit = self.resolved_commit()
+        return None if commit is None else {**self._settings(), "commit": commit}
+
+    def loaded_identity(self, loaded) -> dict:
+        return {**self._settings(), "commit": None, **super().loaded_identity(loaded)}
+
+    def _read_splits(self, hub_splits: list[str]) -> list:
+        """The hub's splits (slicing included) as `datasets.Dataset`s with a "text" column."""
+        import datasets
+
+        local = self.local_folder()
+        return datasets.load_dataset(
+            str(local) if local else self.path,
+            self.config_name,
+            revision=None if local else self.resolved_commit() or self.revision,
+            data_dir=self.data_dir,
+            split=hub_splits,
+            cache_dir=self.cache_dir,
+        )
+
     def load(self):
         import datasets
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        if not offline and not hub_reachable(endpoint):
-            raise CorpusUnavailableError(self._offline_help(f"{endpoint} is unreachable"))
+        offline = hub_offline()
+        hub_splits = [self.splits["train"]] if self.heldout_bytes else [self.splits[s] for s in SPLITS]
         try:
-            loaded = datasets.load_dataset(self.path, self.config_name, cache_dir=self.cache_dir)
+            parts = self._read_splits(hub_splits)
+        except CorpusUnavailableError:
+            raise
+        except RuntimeError as error:
+            if "scripts are no longer supported" in str(error):
+                raise CorpusUnavailableError(
+                    f"data: {self.name!r} at revision {self.revision or 'main'} is a loading script, which this "
+                    "`datasets` no longer runs; point data.corpus.revision at a revision with data files "
+                    "(e.g. refs/convert/parquet)"
+                ) from error
+            raise
         except (ConnectionError, OSError, FileNotFoundError, ValueError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if "Unknown split" in str(error) or "Bad split" in str(error):
+                raise CorpusUnavailableError(f"data.corpus.splits={self.splits}: {first}") from error
             if offline:
-                why = f"HF_HUB_OFFLINE=1 and no cached copy: {error}"
+                why = f"HF_HUB_OFFLINE=1 and no cached copy: {first}"
                 raise CorpusUnavailableError(self._offline_help(why)) from error
             raise
-        missing = [s for s in SPLITS if s not in loaded]
-        if missing:
-            raise CorpusUnavailableError(f"data: {self.name!r} has no {', '.join(missing)} split(s)")
+        columns = parts[0].column_names
+        if self.text_column not in columns:
+            raise CorpusUnavailableError(
+                f"data.corpus.text_column={self.text_column}: {self.name!r} has the columns {', '.join(columns)}"
+            )
+        parts = [part.select_columns([self.text_column]) for part in parts]
         if self.text_column != "text":
-            loaded = loaded.rename_column(self.text_column, "text")
-        return loaded.select_columns(["text"])
+            parts = [part.rename_column(self.text_column, "text") for part in parts]
+        if self.heldout_bytes:
+            return datasets.DatasetDict(self._cut(parts[0]))
+        return datasets.DatasetDict(dict(zip(SPLITS, parts, strict=True)))
+
+    def _cut(self, source) -> dict:
+        import datasets
+
+        data = (self.separator.join(source["text"]) + self.separator).encode("utf-8")
+        size, held = len(data), self.heldout_bytes
+        if size <= 2 * held:
+            raise CorpusUnavailableError(
+                f"data.corpus.heldout_bytes={held}: {self.name!r} has only {size} bytes; lower it"
+            )
+
+        def boundary(at: int) -> int:  # the next character start at or after byte `at`
+            while at < size and data[at] & 0xC0 == 0x80:
+                at += 1
+            return at
+
+        cuts = [0, boundary(size - 2 * held), boundary(size - held), size]
+        texts = [data[a:b].decode("utf-8") for a, b in zip(cuts, cuts[1:], strict=False)]
+        return {split: datasets.Dataset.from_dict({"text": [text]}) for split, text in zip(SPLITS, texts, strict=True)}
 
     def fingerprint(self) -> dict:
-        return {"corpus": self.name, "source": "huggingface-hub", "path": self.path, "name": self.config_name}
+        local = self.local_folder()
+        if local is not None:
+            return {
+                "source": "local-folder",
+                **self._settings(),
+                "path": str(local),
+                "sha256": self._local_sha256(local),
+            }
+        return {"source": "huggingface-hub", **self._settings(), "commit": self._commit}
+
+
+class PG19Corpus(HubCorpus):
+    """PG-19 (Rae et al., 2019, arXiv 1911.05507): books from Project Gutenberg published before
+    1919, one book per row. Only the first `num_books` training books are read, streamed from the
+    hub (the whole training split is about 11 GB); all validation and test books are kept."""
+
+    def __init__(
+        self,
+        path: str = "emozilla/pg19",
+        revision: str | None = None,
+        num_books: int | None = 1000,
+        text_column: str = "text",
+        cache_dir: str | None = None,
+    ):
+        if num_books is not None and (not isinstance(num_books, int) or isinstance(num_books, bool) or num_books <= 0):
+            raise ValueError(f"data.corpus.num_books={num_books} must be a positive integer, or null for every book")
+        super().__init__(path, revision=revision, text_column=text_column, rows="documents", cache_dir=cache_dir)
+        self.num_books = num_books
+
+    def _settings(self) -> dict:
+        return {**super()._settings(), "num_books": self.num_books}
+
+    def identity(self) -> dict:
+        # streamed data have no `datasets` cache to fall back on: offline, the commit must be known
+        identity = super().identity()
+        if identity is None:
+            raise CorpusUnavailableError(self._offline_help("HF_HUB_OFFLINE=1 and never resolved on this machine"))
+        return identity
+
+    def _read_splits(self, hub_splits: list[str]) -> list:
+        import datasets
+
+        local = self.local_folder()
+        if local is not None:
+            streams = datasets.load_dataset(str(local), streaming=True)
+        else:
+            if hub_offline() or self.resolved_commit() is None:
+                raise CorpusUnavailableError(self._offline_help("HF_HUB_OFFLINE=1: PG-19 is streamed from the hub"))
+            streams = datasets.load_dataset(self.path, revision=self.resolved_commit(), streaming=True)
+        parts = []
+        for split in hub_splits:
+            stream = streams[split].select_columns([self.text_column])
+            if split == self.splits["train"] and self.num_books:
+                stream = stream.take(self.num_books)
+            texts = [row[self.text_column] for row in stream]
+            parts.append(datasets.Dataset.from_dict({self.text_column: texts}))
+        return parts

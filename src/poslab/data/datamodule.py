@@ -11,10 +11,37 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from poslab.data.corpora import SPLITS, Corpus
-from poslab.data.tokenizer import ByteTokenizer
+from poslab.data.token_cache import TokenCache, default_cache_root
+from poslab.data.tokenizer import ByteTokenizer, Tokenizer
 from poslab.passkey import KEY_DIGITS, make_passkey
 
 log = logging.getLogger(__name__)
+
+# Text handed to the tokenizer at once: rows are gathered up to this many characters, and a
+# longer row (a PG-19 book, enwik8 as one text) is cut into pieces at line ends. The pieces can
+# change a BPE's tokens: changing PIECE_CHARACTERS or _pieces needs a new token_cache.FORMAT.
+BATCH_CHARACTERS = 1 << 22
+PIECE_CHARACTERS = 1 << 20
+
+
+def _pieces(text: str, limit: int = PIECE_CHARACTERS):
+    """A long text in pieces of at most `limit` characters, cut after a newline where there is
+    one (a byte-level BPE's pre-tokenizer splits there anyway), so no single call holds a book."""
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind("\n", start, start + limit) + 1
+        if cut <= start:
+            cut = start + limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _texts(dataset, separator: str):
+    """The split's rows, each followed by the separator, long ones in pieces."""
+    for batch in dataset.iter(batch_size=256):
+        for text in batch["text"]:
+            yield from _pieces((text or "") + separator)
 
 
 class Windows(Dataset):
@@ -137,6 +164,13 @@ class StepBatches(Sampler[list[int]]):
 
 
 class TokenDataModule(pl.LightningDataModule):
+    """Tokenized splits, served as training windows, validation windows and held-out tokens.
+
+    Tokenization runs once per (corpus identity, split, tokenizer) and is kept in the token
+    cache (poslab.data.token_cache) under `cache_dir` (paths.data_cache_dir; null = the corpus's
+    own cache_dir, else `datasets`' cache); later runs memory-map it without loading the corpus.
+    """
+
     def __init__(
         self,
         corpus: Corpus,
@@ -144,19 +178,31 @@ class TokenDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 8,
         val_tokens: int = 65536,
-        vocab_size: int = 256,
+        vocab_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         positions: str = "contiguous",
         max_position: int | None = None,
         passkey_mix: float = 0.0,
+        tokenizer: Tokenizer | None = None,
+        cache_dir: str | None = None,
     ):
         # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
         self.corpus = corpus
-        self.tokenizer = ByteTokenizer()
-        if vocab_size != self.tokenizer.vocab_size:
-            raise ValueError(f"data.vocab_size={vocab_size} does not match the byte tokenizer's 256")
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
+        if vocab_size is not None and vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(
+                f"data.vocab_size={vocab_size} does not match the {self.tokenizer.name} tokenizer's "
+                f"{self.tokenizer.vocab_size}; leave data.vocab_size as ${{data.tokenizer.vocab_size}}"
+            )
+        if passkey_mix > 0 and not isinstance(self.tokenizer, ByteTokenizer):
+            raise ValueError(
+                f"data.passkey_mix={passkey_mix} needs the byte tokenizer (passkey sequences are built from "
+                f"bytes), not {self.tokenizer.name}; use data/tokenizer=bytes or data.passkey_mix=0"
+            )
+        self.vocab_size = self.tokenizer.vocab_size
+        self.cache_dir = cache_dir
         self.context = context
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -167,39 +213,56 @@ class TokenDataModule(pl.LightningDataModule):
         self.max_position = max_position
         self.passkey_mix = passkey_mix
         self.tokens: dict[str, np.ndarray] = {}
+        self.split_bytes: dict[str, int] = {}  # UTF-8 bytes of each split's text, separators included
         self._fingerprint: dict | None = None
+
+    def token_cache(self) -> TokenCache:
+        return TokenCache(default_cache_root(self.cache_dir or getattr(self.corpus, "cache_dir", None)))
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokens:
             return
-        splits = self.corpus.load()
+        cache = self.token_cache()
+        loaded = {}
+
+        def splits():  # the corpus is loaded only if something is not in the cache
+            if "splits" not in loaded:
+                loaded["splits"] = self.corpus.load()
+            return loaded["splits"]
+
         separator = self.corpus.separator
-        tokenizer = self.tokenizer
-
-        def encode(batch):
-            return {"ids": [tokenizer.encode(text + separator) for text in batch["text"]]}
-
-        import datasets
-
-        features = datasets.Features({"ids": datasets.Sequence(datasets.Value("uint8"))})
-        fingerprints = {}
+        source = self.corpus.identity()
+        if source is None:
+            source = self.corpus.loaded_identity(splits())
+        self.tokenizer.prepare(lambda: _texts(splits()["train"], separator), cache, source)
+        tokenizer_identity = self.tokenizer.identity()
+        files = {}
         for split in SPLITS:
-            encoded = splits[split].map(
-                encode,
-                batched=True,
-                remove_columns=splits[split].column_names,
-                features=features,
-                desc=f"tokenizing {split}",
-            )
-            fingerprints[split] = encoded._fingerprint
-            column = encoded.data.column("ids")
-            parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
-            self.tokens[split] = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+            key = {
+                "kind": "tokens",
+                "source": source,
+                "split": split,
+                "separator": separator,
+                "tokenizer": tokenizer_identity,
+            }
+            entry = cache.get(key)
+            if entry is None:
+                log.info(
+                    "tokenizing the %s split with the %s tokenizer (once: kept in %s)",
+                    split,
+                    self.tokenizer.name,
+                    cache.root,
+                )
+                entry = cache.put(key, self._encode(splits()[split], separator), self.tokenizer.dtype)
+            self.tokens[split] = entry.tokens
+            self.split_bytes[split] = entry.num_bytes
+            files[split] = entry.path.name
         self._fingerprint = {
             **self.corpus.fingerprint(),
-            "tokenizer": "bytes",
+            "tokenizer": tokenizer_identity,
             "tokens": {split: int(len(t)) for split, t in self.tokens.items()},
-            "datasets_fingerprint": fingerprints,
+            "text_bytes": dict(self.split_bytes),
+            "token_files": files,
         }
         if len(self.tokens["train"]) < self.context + 1:
             raise ValueError(
@@ -212,6 +275,46 @@ class TokenDataModule(pl.LightningDataModule):
                 f"({len(self.tokens['validation'])} tokens); lower data.context or add data"
             )
         log.info("tokens per split: %s", self._fingerprint["tokens"])
+
+    def _encode(self, dataset, separator: str):
+        """(ids, UTF-8 bytes of their text) for consecutive stretches of the split's rows. Each
+        stretch's tokens are checked to stand for exactly its bytes: bits per byte depends on it."""
+        token_bytes = self.tokenizer.token_bytes
+        batch: list[str] = []
+        size = 0
+        for text in _texts(dataset, separator):
+            batch.append(text)
+            size += len(text)
+            if size >= BATCH_CHARACTERS:
+                yield self._encode_batch(batch, token_bytes)
+                batch, size = [], 0
+        if batch:
+            yield self._encode_batch(batch, token_bytes)
+
+    def _encode_batch(self, texts: list[str], token_bytes: np.ndarray) -> tuple[np.ndarray, int]:
+        encoded = self.tokenizer.encode_batch(texts)
+        ids = np.concatenate(encoded) if encoded else np.zeros(0, dtype=self.tokenizer.dtype)
+        num_bytes = len("".join(texts).encode("utf-8"))
+        if int(token_bytes[ids].sum()) != num_bytes:
+            raise ValueError(
+                f"the {self.tokenizer.name} tokenizer is not lossless on this corpus: its tokens stand for "
+                f"{int(token_bytes[ids].sum())} bytes of a {num_bytes}-byte text"
+            )
+        return ids, num_bytes
+
+    def bytes_of(self, tokens: np.ndarray) -> int:
+        """How many UTF-8 bytes of text these tokens stand for."""
+        return int(self.tokenizer.token_bytes[np.asarray(tokens)].sum())
+
+    def heldout_bytes(self, heldout: np.ndarray) -> int:
+        """The UTF-8 bytes the extrapolation sweep scores: those of the held-out targets,
+        heldout[1:] (every protocol and eval length scores each of them exactly once), so
+        bits per byte = total nats / (ln 2 * heldout_bytes(heldout))."""
+        return self.bytes_of(heldout[1:])
+
+    def bytes_per_token(self, split: str = "test") -> float:
+        """The mean UTF-8 bytes per token of a whole split (1 for the byte tokenizer)."""
+        return self.split_bytes[split] / max(1, len(self.tokens[split]))
 
     @property
     def fingerprint(self) -> dict:
