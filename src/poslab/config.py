@@ -181,6 +181,11 @@ def check_model_config(cfg: DictConfig) -> None:
     dropout = cfg.model.net.get("dropout", 0.0)
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.net.dropout must be in [0, 1), got {dropout!r}")
+    from poslab.model import ATTENTION
+
+    attention = cfg.model.net.get("attention", "auto")
+    if attention not in ATTENTION:
+        raise ConfigError(f"model.net.attention={attention}: allowed: {', '.join(ATTENTION)}")
 
 
 POSITIONS = ("contiguous", "randomized")

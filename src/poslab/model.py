@@ -3,19 +3,37 @@
     tokens -> wte -> pos_enc.embed -> [LayerNorm -> attention -> + -> LayerNorm -> MLP -> +] x n_layer
            -> LayerNorm -> lm_head (tied to wte)
 
-Inside attention, queries and keys pass through pos_enc.rotate, and pos_enc.bias (computed once
-per forward, shared by all layers) is added to the logits.
+Inside attention, queries and keys pass through pos_enc.rotate, and the encoding's bias, if it
+has one, is added to the logits. How the bias reaches the logits is `GPT.attention`
+(`model.net.attention`), decided once per forward and shared by all layers:
+
+    sdpa     pos_enc.bias as one (H, T, T) float tensor with the causal mask folded in, handed
+             to scaled_dot_product_attention (an encoding without a bias: is_causal, no mask)
+    flex     FlexAttention: pos_enc.score_mod adds each bias value inside the kernel and a causal
+             BlockMask skips the future, so nothing of size T x T exists (compiled on CUDA; on
+             CPU it runs eagerly, as a reference that materialises the scores, forward only)
+    chunked  blocks of query rows, each with its own (H, rows, keys) bias over the keys up to its
+             last row: whatever T, a block's bias is at most GPT.chunk_elements, and so are the
+             blocks kept for the next layers
+    auto     no bias: sdpa (is_causal, flash kernels). With a bias: flex on CUDA (training and
+             evaluation); elsewhere sdpa while autograd is on (training), chunked under no_grad
+
+Shapes: B batch, H heads, T sequence length, hd head dim, C = H * hd; Tq, Tk query and key rows.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from poslab.encodings import NoPE, PositionalEncoding
+
+ATTENTION = ("auto", "sdpa", "flex", "chunked")
 
 
 def causal_bias(bias: torch.Tensor) -> torch.Tensor:
@@ -29,6 +47,105 @@ def causal_bias(bias: torch.Tensor) -> torch.Tensor:
     return bias.masked_fill(future, float("-inf"))
 
 
+def causal_mask_mod(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def causal_block_mask(length: int, device: torch.device, block: int = 128) -> BlockMask:
+    """FlexAttention's causal BlockMask, built from its (n, n) block structure, n = T / block:
+    create_block_mask would evaluate the mask at all T x T pairs first. Blocks below the diagonal
+    are full (the kernel skips the mask there), diagonal ones partial; a last block row padded
+    past `length` is partial throughout, as create_block_mask makes it."""
+    n = -(-length // block)
+    index = torch.arange(n, device=device)
+    below = index.unsqueeze(1) > index  # (n, n): key block before the query block
+    full = below & (index < n - 1).unsqueeze(1) if length % block else below
+    partial = (below | (index.unsqueeze(1) == index)) & ~full
+
+    def ordered(blocks):  # (n, n) -> per row: how many, and their columns first (1, 1, n), (1, 1, n, n)
+        blocks = blocks.to(torch.int32)
+        count = blocks.sum(-1, dtype=torch.int32)
+        columns = torch.argsort(blocks, dim=-1, descending=True, stable=True).to(torch.int32)
+        return count[None, None], columns[None, None]
+
+    return BlockMask.from_kv_blocks(
+        *ordered(partial), *ordered(full), BLOCK_SIZE=block, mask_mod=causal_mask_mod, seq_lengths=(length, length)
+    )
+
+
+@functools.cache
+def compiled_flex_attention():
+    # Compiled on first use; uncompiled, flex_attention materialises the (B, H, T, T) scores.
+    return torch.compile(flex_attention)
+
+
+def fused_flex_attention(q, k, v, **kwargs) -> torch.Tensor:
+    # Each score_mod (encoding), autograd mode and new shape compiles once. Past dynamo's default
+    # limit of 8 it would run flex_attention uncompiled, with the scores materialised: allow more,
+    # and fail rather than fall back.
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        return compiled_flex_attention()(q, k, v, **kwargs)
+
+
+class FlexBias:
+    """The flex path: the encoding's score_mod (None: no bias) and the causal BlockMask."""
+
+    def __init__(self, pos_enc: PositionalEncoding, pos: torch.Tensor, length: int):
+        self.score_mod = pos_enc.score_mod(pos, pos)
+        self.block_mask = causal_block_mask(length, pos.device)
+
+    def __call__(self, q, k, v, scale: float, dropout_p: float) -> torch.Tensor:
+        if dropout_p:
+            raise ValueError("model.net.attention=flex has no attention dropout: set model.net.dropout=0")
+        # inside a compiled forward (model.compile) the enclosing graph fuses flex_attention itself
+        fused = q.is_cuda and not torch.compiler.is_compiling()
+        attend = fused_flex_attention if fused else flex_attention
+        return attend(q, k, v, score_mod=self.score_mod, block_mask=self.block_mask, scale=scale)
+
+
+class ChunkedBias:
+    """The chunked path: query rows [start, stop) attend to keys [0, stop) with the bias of
+    pos_enc.bias(pos[start:stop], pos[:stop]), causal mask folded in. Rows per block keep a block's
+    bias within `max_elements`; blocks are kept for the next layers while they fit in
+    `max_elements` together, and computed again in each layer past that. A short sequence is one
+    block, kept: the sdpa path, same numbers."""
+
+    def __init__(self, pos_enc: PositionalEncoding, pos: torch.Tensor, max_elements: int):
+        self.pos_enc, self.pos, self.max_elements = pos_enc, pos, max_elements
+        self.kept: dict[tuple[int, int], torch.Tensor] = {}
+
+    def block_bias(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor | None:
+        if (start, stop) in self.kept:
+            return self.kept[(start, stop)]
+        bias = self.pos_enc.bias(self.pos[..., start:stop], self.pos[..., :stop])  # (..., H, rows, stop)
+        if bias is None:
+            return None
+        bias = bias.to(dtype)
+        # causal: of keys 0..stop-1 only the last `rows`, the diagonal square, hold future ones; in
+        # place, as `bias` returns a new tensor (a pass and a copy less than causal_bias)
+        rows = stop - start
+        future = torch.ones(rows, rows, dtype=torch.bool, device=bias.device).triu(1)
+        bias[..., start:].masked_fill_(future, float("-inf"))
+        if bias.dim() == 3:
+            bias = bias.unsqueeze(0)  # a 4-D mask takes SDPA's fused kernel on CPU
+        if bias.numel() + sum(b.numel() for b in self.kept.values()) <= self.max_elements:
+            self.kept[(start, stop)] = bias
+        return bias
+
+    def __call__(self, q, k, v, scale: float, dropout_p: float) -> torch.Tensor:
+        B, H, T, hd = q.shape
+        rows = max(1, self.max_elements // (B * H * T))
+        parts = []
+        for start in range(0, T, rows):
+            stop = min(T, start + rows)
+            bias = self.block_bias(start, stop, q.dtype)
+            if bias is None:  # the encoding gave no bias after all
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+            q_rows, k_past, v_past = q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop]
+            parts.append(F.scaled_dot_product_attention(q_rows, k_past, v_past, bias, dropout_p, scale=scale))
+        return torch.cat(parts, dim=2)  # (B, H, T, hd)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float):
         super().__init__()
@@ -38,7 +155,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x, pos, pos_enc: PositionalEncoding, attn_bias: torch.Tensor | None):
+    def forward(self, x, pos, pos_enc: PositionalEncoding, attn_bias: torch.Tensor | FlexBias | ChunkedBias | None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, head_dim)
@@ -48,8 +165,10 @@ class CausalSelfAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if attn_bias is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
-        else:  # attn_bias already holds the causal mask as -inf
+        elif isinstance(attn_bias, torch.Tensor):  # attn_bias already holds the causal mask as -inf
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout, scale=scale)
+        else:  # flex or chunked: adds the bias and the causal mask itself
+            y = attn_bias(q, k, v, scale=scale, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, H, T, hd) -> (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -79,6 +198,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # The chunked path's bias budget: 2^24 float32 logits (64 MiB) per block of query rows, and as
+    # much again for blocks kept across layers.
+    chunk_elements: int = 2**24
+
     def __init__(
         self,
         vocab_size: int,
@@ -87,9 +210,14 @@ class GPT(nn.Module):
         n_embd: int,
         dropout: float = 0.0,
         pos_enc: PositionalEncoding | None = None,
+        attention: str = "auto",
     ):
         # sizes are validated once, with the rest of the config, in poslab.config
         super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"model.net.attention={attention}: allowed: {', '.join(ATTENTION)}")
+        self.attention = attention
+        self.dropout = dropout
         self.pos_enc = pos_enc if pos_enc is not None else NoPE()
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.drop = nn.Dropout(dropout)
@@ -125,13 +253,34 @@ class GPT(nn.Module):
 
         x = self.pos_enc.embed(self.wte(idx), pos)
         x = self.drop(x)
-        # One (H, T, T) bias per forward, shared by every layer.
-        attn_bias = self.pos_enc.bias(pos, pos)
-        if attn_bias is not None:
-            attn_bias = causal_bias(attn_bias.to(x.dtype))
-            if attn_bias.dim() == 3:
-                # (1, H, T, T): a 4-D mask takes SDPA's fused kernel on CPU, a 3-D one its slow math path
-                attn_bias = attn_bias.unsqueeze(0)
+        attn_bias = self.attention_bias(pos, T, x.dtype)  # once per forward, shared by every layer
         for block in self.blocks:
             x = block(x, pos, self.pos_enc, attn_bias)
         return self.lm_head(self.ln_f(x))
+
+    def attention_path(self, device: torch.device) -> str:
+        """`attention`, with auto resolved for this forward (see the module docstring)."""
+        if self.attention != "auto":
+            return self.attention
+        if not self.pos_enc.has_bias:
+            return "sdpa"
+        if device.type == "cuda" and not (self.training and self.dropout > 0):  # flex has no dropout
+            return "flex"
+        return "sdpa" if torch.is_grad_enabled() else "chunked"
+
+    def attention_bias(self, pos: torch.Tensor, length: int, dtype: torch.dtype):
+        path = self.attention_path(pos.device)
+        if path == "flex":
+            return FlexBias(self.pos_enc, pos, length)
+        if not self.pos_enc.has_bias:
+            return None
+        if path == "chunked":
+            return ChunkedBias(self.pos_enc, pos, self.chunk_elements)
+        attn_bias = self.pos_enc.bias(pos, pos)  # (H, T, T) or (B, H, T, T)
+        if attn_bias is None:
+            return None
+        attn_bias = causal_bias(attn_bias.to(dtype))
+        if attn_bias.dim() == 3:
+            # (1, H, T, T): a 4-D mask takes SDPA's fused kernel on CPU, a 3-D one its slow math path
+            attn_bias = attn_bias.unsqueeze(0)
+        return attn_bias

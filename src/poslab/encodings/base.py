@@ -9,8 +9,13 @@ assumed to be ``arange(T)``, so offsets and randomised positions work with every
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+# FlexAttention's score_mod: (score, b, h, q_idx, kv_idx) -> score, applied to each logit.
+ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class LengthNotSupportedError(ValueError):
@@ -33,8 +38,29 @@ class PositionalEncoding(nn.Module):
         return q, k
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
-        """Additive attention-logit bias, (H, Tq, Tk) or (B, H, Tq, Tk); None for no bias."""
+        """Additive attention-logit bias, (H, Tq, Tk) or (B, H, Tq, Tk); None for no bias.
+        A new tensor each call: the model may fold the causal mask into it in place."""
         return None
+
+    def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> ScoreMod | None:
+        """`bias` in FlexAttention's form: a function that adds the bias of query index q_idx and
+        key index kv_idx (head h, sample b) to one logit, so the kernel computes the bias as it
+        goes and no (H, Tq, Tk) tensor exists. None for no bias.
+
+        Bias encodings override this with an elementwise form of their own formula. This default
+        is correct for any encoding but indexes the materialised `bias`, so it saves nothing.
+        """
+        bias = self.bias(q_pos, k_pos)
+        if bias is None:
+            return None
+        if bias.dim() == 3:  # (H, Tq, Tk)
+            return lambda score, b, h, q_idx, kv_idx: score + bias[h, q_idx, kv_idx]
+        return lambda score, b, h, q_idx, kv_idx: score + bias[b, h, q_idx, kv_idx]
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether the encoding implements `bias`; the model chooses its attention kernel by it."""
+        return type(self).bias is not PositionalEncoding.bias
 
     def logit_scale(self, length: int) -> float:
         """Multiplier on the attention logits for a sequence of this length (YaRN's temperature)."""

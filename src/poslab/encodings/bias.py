@@ -4,6 +4,13 @@
 causal mask into it. Positions are integers of shape (T,) or (B, T) (per-sample positions, e.g.
 sorted samples from a larger range); the bias is (H, Tq, Tk) or (B, H, Tq, Tk) accordingly.
 
+`score_mod(q_pos, k_pos)` is the same bias for FlexAttention: a function of one logit's indices
+(b, h, q_idx, kv_idx) that reads the positions and adds that one bias value, so no (H, Tq, Tk)
+tensor exists. Both forms call the same helpers (`alibi_bias`, `t5_relative_bucket`,
+`KERPLE.kernel`, `FIRE.psi` / `FIRE.mlp`), so they cannot drift apart. The learned biases read a
+table over distances 0..span-1 (H, span), computed with autograd outside the kernel: its gradient
+is a scatter into H * span entries rather than into a few parameters shared by every logit.
+
 Shapes: H heads, Tq query positions, Tk key positions; "..." is () or (B,).
 """
 
@@ -21,6 +28,28 @@ from poslab.encodings.base import PositionalEncoding
 def query_key_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
     """i - j for query position i and key position j: (..., Tq, Tk), >= 0 for keys in the past."""
     return q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)
+
+
+def per_token(values: torch.Tensor):
+    """values (T,) or (B, T) -> at(b, index): token `index`'s value in sample b, for a score_mod."""
+    if values.dim() == 1:
+        return lambda b, index: values[index]
+    return lambda b, index: values[b, index]
+
+
+def distance_at(q_pos: torch.Tensor, k_pos: torch.Tensor):
+    """The elementwise `query_key_distance`: (b, q_idx, kv_idx) -> i - j, for a score_mod."""
+    q_at, k_at = per_token(q_pos), per_token(k_pos)
+    return lambda b, q_idx, kv_idx: q_at(b, q_idx) - k_at(b, kv_idx)
+
+
+def distance_span(q_pos: torch.Tensor, k_pos: torch.Tensor) -> int:
+    """1 + the largest |i - j|: the length of a table indexed by distance."""
+    return int(torch.maximum(q_pos.max() - k_pos.min(), k_pos.max() - q_pos.min())) + 1
+
+
+def integer_positions(q_pos: torch.Tensor, k_pos: torch.Tensor) -> bool:
+    return not (q_pos.is_floating_point() or k_pos.is_floating_point())
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
@@ -44,6 +73,11 @@ def alibi_slopes(n_head: int) -> torch.Tensor:
     return torch.tensor(slopes, dtype=torch.float32)
 
 
+def alibi_bias(slope: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """-slope * (i - j), broadcast."""
+    return slope * -distance.to(slope.dtype)
+
+
 class ALiBi(PositionalEncoding):
     """Attention with Linear Biases: head h adds -slope_h * (i - j) to the logit of query i on key j."""
 
@@ -54,9 +88,17 @@ class ALiBi(PositionalEncoding):
         self.register_buffer("slopes", alibi_slopes(n_head), persistent=False)
 
     def bias(self, q_pos, k_pos):
-        distance = -query_key_distance(q_pos, k_pos).to(self.slopes.dtype)  # (..., Tq, Tk)
+        distance = query_key_distance(q_pos, k_pos)  # (..., Tq, Tk)
         # (H, 1, 1) * (..., 1, Tq, Tk) -> (H, Tq, Tk) or (B, H, Tq, Tk)
-        return self.slopes.view(-1, 1, 1) * distance.unsqueeze(-3)
+        return alibi_bias(self.slopes.view(-1, 1, 1), distance.unsqueeze(-3))
+
+    def score_mod(self, q_pos, k_pos):
+        slopes, distance = self.slopes, distance_at(q_pos, k_pos)
+
+        def alibi(score, b, h, q_idx, kv_idx):
+            return score + alibi_bias(slopes[h], distance(b, q_idx, kv_idx))
+
+        return alibi
 
 
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -110,6 +152,19 @@ class T5Bias(PositionalEncoding):
         buckets = t5_relative_bucket(query_key_distance(q_pos, k_pos), self.num_buckets, self.max_distance)
         return lookup(self.table, buckets)
 
+    def score_mod(self, q_pos, k_pos):
+        if not integer_positions(q_pos, k_pos):
+            return super().score_mod(q_pos, k_pos)
+        steps = torch.arange(distance_span(q_pos, k_pos), device=self.table.device)
+        table = self.table[:, t5_relative_bucket(steps, self.num_buckets, self.max_distance)]  # (H, span)
+        distance = distance_at(q_pos, k_pos)
+
+        def t5(score, b, h, q_idx, kv_idx):
+            # keys in the future share distance 0's bucket, as in t5_relative_bucket
+            return score + table[h, distance(b, q_idx, kv_idx).clamp(min=0)]
+
+        return t5
+
 
 class KERPLE(PositionalEncoding):
     """KERPLE, logarithmic variant (Chi et al., arXiv 2205.09921):
@@ -129,12 +184,28 @@ class KERPLE(PositionalEncoding):
         self.r1 = nn.Parameter(2 * torch.rand(n_head))
         self.r2 = nn.Parameter(torch.rand(n_head))
 
-    def bias(self, q_pos, k_pos):
+    def kernel(self, distance: torch.Tensor) -> torch.Tensor:
+        """-r1 log(1 + r2 |i - j|): |i - j| (..., Tq, Tk) float -> (..., H, Tq, Tk)."""
         # through .data: a clamp that autograd does not track, as in the reference code
         self.r1.data.clamp_(min=self.eps)
         self.r2.data.clamp_(min=self.eps)
-        distance = query_key_distance(q_pos, k_pos).abs().float().unsqueeze(-3)  # (..., 1, Tq, Tk)
+        distance = distance.unsqueeze(-3)  # (..., 1, Tq, Tk)
         return -self.r1.view(-1, 1, 1) * torch.log1p(self.r2.view(-1, 1, 1) * distance)
+
+    def bias(self, q_pos, k_pos):
+        return self.kernel(query_key_distance(q_pos, k_pos).abs().float())
+
+    def score_mod(self, q_pos, k_pos):
+        if not integer_positions(q_pos, k_pos):
+            return super().score_mod(q_pos, k_pos)
+        steps = torch.arange(distance_span(q_pos, k_pos), device=self.r1.device, dtype=torch.float32)
+        table = self.kernel(steps.unsqueeze(0))[:, 0]  # (1, span) -> (H, 1, span) -> (H, span)
+        distance = distance_at(q_pos, k_pos)
+
+        def kerple(score, b, h, q_idx, kv_idx):
+            return score + table[h, distance(b, q_idx, kv_idx).abs()]
+
+        return kerple
 
 
 class FIRE(PositionalEncoding):
@@ -190,16 +261,35 @@ class FIRE(PositionalEncoding):
         """f: (...,) -> (..., H)."""
         return F.linear(torch.relu(x.unsqueeze(-1) * self.w1 + self.b1), self.w2, self.b2)
 
+    def elementwise_mlp(self):
+        """f for one input x and one head h, (x, h) -> f(x)[h]: `mlp` unrolled over its hidden
+        units, the form FlexAttention fuses into its kernel (a matrix product cannot go there).
+        The function holds the weights, not the module."""
+        w1, b1, w2, b2 = self.w1, self.b1, self.w2, self.b2
+
+        def f(x, h):
+            out = b2[h]
+            for unit in range(w1.shape[0]):
+                out = out + w2[h, unit] * torch.relu(x * w1[unit] + b1[unit])
+            return out
+
+        return f
+
     def threshold(self) -> torch.Tensor:
         return (self.threshold_scale * self.init_threshold).abs()
+
+    def psi(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.c.abs() * x)
+
+    def normaliser(self, q_pos: torch.Tensor) -> torch.Tensor:
+        """psi(max(L, i)) (+ eps) for float query positions i: (..., Tq)."""
+        return self.psi(torch.maximum(q_pos, self.threshold())) + self.eps
 
     def normalized_distance(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """psi(i - j) / psi(max(L, i)): (..., Tq, Tk), in [0, 1] for keys in the past."""
         q_pos, k_pos = q_pos.float(), k_pos.float()
-        c = self.c.abs()
         distance = query_key_distance(q_pos, k_pos).abs()
-        normaliser = torch.log1p(c * torch.maximum(q_pos, self.threshold())) + self.eps  # (..., Tq)
-        return torch.log1p(c * distance) / normaliser.unsqueeze(-1)
+        return self.psi(distance) / self.normaliser(q_pos).unsqueeze(-1)
 
     def bias(self, q_pos, k_pos):
         # Queries within L share the normaliser psi(L), so for them the bias depends on |i - j|
@@ -218,12 +308,14 @@ class FIRE(PositionalEncoding):
         within = (q_pos <= self.threshold()).reshape(-1, q_pos.shape[-1]).all(0)  # (Tq,)
         return int(within.int().cumprod(0).sum())
 
+    def distance_table(self, span: int) -> torch.Tensor:
+        """f at distances 0..span-1 for queries within L (normaliser psi(L)): (H, span)."""
+        steps = torch.arange(span, device=self.c.device, dtype=torch.float32)
+        return self.mlp(self.psi(steps) / (self.psi(self.threshold()) + self.eps)).t()
+
     def distance_table_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         distance = query_key_distance(q_pos, k_pos).abs()  # (..., Tq, Tk)
-        c = self.c.abs()
-        steps = torch.arange(int(distance.max()) + 1, device=distance.device, dtype=torch.float32)
-        table = self.mlp(torch.log1p(c * steps) / (torch.log1p(c * self.threshold()) + self.eps))  # (D, H)
-        return lookup(table.t(), distance)
+        return lookup(self.distance_table(int(distance.max()) + 1), distance)
 
     def pairwise_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         x = self.normalized_distance(q_pos, k_pos)  # (..., Tq, Tk)
@@ -231,3 +323,26 @@ class FIRE(PositionalEncoding):
         # rows keeps long evaluations within memory (with autograd on, it is kept either way)
         rows = max(1, 2**24 // (x[..., 0, :].numel() * self.w1.numel()))
         return torch.cat([self.mlp(part) for part in x.split(rows, dim=-2)], dim=-3).movedim(-1, -3)
+
+    def score_mod(self, q_pos, k_pos):
+        if not integer_positions(q_pos, k_pos):
+            return super().score_mod(q_pos, k_pos)
+        span, distance = distance_span(q_pos, k_pos), distance_at(q_pos, k_pos)
+        if bool((q_pos <= self.threshold()).all()):  # as `bias` does for rows within L: f per distance
+            table = self.distance_table(span)  # (H, span)
+
+            def fire_within_threshold(score, b, h, q_idx, kv_idx):
+                return score + table[h, distance(b, q_idx, kv_idx).abs()]
+
+            return fire_within_threshold
+        # past L the normaliser depends on the query: f runs on every logit. psi of each distance
+        # and each query's normaliser are vectors, so their gradients scatter into many entries
+        psi = self.psi(torch.arange(span, device=self.c.device, dtype=torch.float32))  # (span,)
+        normaliser = per_token(self.normaliser(q_pos.float()))  # (T,) or (B, T)
+        f = self.elementwise_mlp()
+
+        def fire(score, b, h, q_idx, kv_idx):
+            x = psi[distance(b, q_idx, kv_idx).abs()] / normaliser(b, q_idx)
+            return score + f(x, h)
+
+        return fire
