@@ -57,6 +57,9 @@ STATUSES = ("ok", "failed", "diverged")
 # the same experiment (seeds are compared separately). A key matches itself and everything below it.
 LABEL_KEYS = (
     "run_group",
+    # speed settings: the same training up to rounding (older runs do not have them)
+    "model.compile",
+    "model.optimizer.fused",
     "tags",
     "task_name",
     "report_note",
