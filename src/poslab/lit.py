@@ -141,6 +141,11 @@ class LitGPT(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.run_config is not None:
             checkpoint["poslab_config"] = self.run_config
+        # The logged metrics reach the disk before the checkpoint does, so a run killed after a
+        # checkpoint keeps its metrics up to it (the CSV logger otherwise flushes every 100 steps).
+        if self._trainer is not None:
+            for logger in self._trainer.loggers:
+                logger.save()
 
     def forward(self, idx, pos=None):
         return self.model(idx, pos)
