@@ -62,6 +62,13 @@ BAD_TRAIN_INPUT = [
     ),
     ("eval.num_tokens=20", "eval.num_tokens=20 is shorter than the longest eval length 64"),
     ("eval.batch_tokens=0", "eval.batch_tokens must be a positive integer, got 0"),
+    ("data/tokenizer=bpe eval.passkey.enabled=true", "eval.passkey.enabled=true needs the byte tokenizer"),
+    (
+        "data/tokenizer=bpe data.context=32 eval.lengths=[32] data.passkey_mix=0.5",
+        "data.passkey_mix=0.5 needs the byte tokenizer",
+    ),
+    ("+model.net.attention=fast", "model.net.attention=fast: allowed: auto, sdpa, flex, chunked"),
+    ("model.compile=maybe", "model.compile=maybe: allowed: auto, true, false"),
     ("pos_enc=learned pos_enc.max_length=8", "data.context=16 cannot be trained with pos_enc: Learned has"),
     ("pos_enc=rope model.net.n_embd=30 model.net.n_head=2", "even head size"),
     ("trainer.max_steps=0", "trainer.max_steps must be a positive integer (0 only with init_from), got 0"),

@@ -186,6 +186,9 @@ def check_model_config(cfg: DictConfig) -> None:
     attention = cfg.model.net.get("attention", "auto")
     if attention not in ATTENTION:
         raise ConfigError(f"model.net.attention={attention}: allowed: {', '.join(ATTENTION)}")
+    compile_setting = cfg.model.get("compile", "auto")
+    if compile_setting not in ("auto", True, False):
+        raise ConfigError(f"model.compile={compile_setting}: allowed: auto, true, false")
 
 
 POSITIONS = ("contiguous", "randomized")

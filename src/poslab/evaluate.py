@@ -233,13 +233,8 @@ def score_length(
         return row
     total_nats, count = float(loss_sum.sum()), int(counts.sum())
     row.tokens_scored = count
-    # every protocol scores each target of tokens[1:] once; a sweep cut short of them (never
-    # today) would be given its share of the bytes
-    targets = len(tokens) - 1
-    if scored_bytes is None:
-        row.bytes_scored = count
-    else:
-        row.bytes_scored = int(scored_bytes) if count == targets else round(scored_bytes * count / targets)
+    # every protocol scores each target of tokens[1:] exactly once, so their bytes are the text's
+    row.bytes_scored = count if scored_bytes is None else int(scored_bytes)
     mean = total_nats / count
     if not math.isfinite(mean) or mean >= 700:  # exp() of it would not be a finite perplexity
         row.status, row.reason = "non_finite", f"the mean loss is {mean} nats per token"

@@ -47,6 +47,14 @@ def causal_bias(bias: torch.Tensor) -> torch.Tensor:
     return bias.masked_fill(future, float("-inf"))
 
 
+def sdpa_mask(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An encoding's bias (..., H, Tq, Tk), the last Tq rows of a causal sequence, as SDPA's float
+    attn_mask: in `dtype`, causal mask folded in, 4-D (a 3-D mask takes SDPA's slow math path on
+    CPU, a 4-D one its fused kernel)."""
+    mask = causal_bias(bias.to(dtype))
+    return mask.unsqueeze(0) if mask.dim() == 3 else mask
+
+
 def causal_mask_mod(b, h, q_idx, kv_idx):
     return q_idx >= kv_idx
 
@@ -120,14 +128,7 @@ class ChunkedBias:
         bias = self.pos_enc.bias(self.pos[..., start:stop], self.pos[..., :stop])  # (..., H, rows, stop)
         if bias is None:
             return None
-        bias = bias.to(dtype)
-        # causal: of keys 0..stop-1 only the last `rows`, the diagonal square, hold future ones; in
-        # place, as `bias` returns a new tensor (a pass and a copy less than causal_bias)
-        rows = stop - start
-        future = torch.ones(rows, rows, dtype=torch.bool, device=bias.device).triu(1)
-        bias[..., start:].masked_fill_(future, float("-inf"))
-        if bias.dim() == 3:
-            bias = bias.unsqueeze(0)  # a 4-D mask takes SDPA's fused kernel on CPU
+        bias = sdpa_mask(bias, dtype)  # rows start..stop-1 against keys 0..stop-1
         if bias.numel() + sum(b.numel() for b in self.kept.values()) <= self.max_elements:
             self.kept[(start, stop)] = bias
         return bias
@@ -277,10 +278,4 @@ class GPT(nn.Module):
         if path == "chunked":
             return ChunkedBias(self.pos_enc, pos, self.chunk_elements)
         attn_bias = self.pos_enc.bias(pos, pos)  # (H, T, T) or (B, H, T, T)
-        if attn_bias is None:
-            return None
-        attn_bias = causal_bias(attn_bias.to(dtype))
-        if attn_bias.dim() == 3:
-            # (1, H, T, T): a 4-D mask takes SDPA's fused kernel on CPU, a 3-D one its slow math path
-            attn_bias = attn_bias.unsqueeze(0)
-        return attn_bias
+        return None if attn_bias is None else sdpa_mask(attn_bias, dtype)

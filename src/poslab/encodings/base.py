@@ -38,8 +38,8 @@ class PositionalEncoding(nn.Module):
         return q, k
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
-        """Additive attention-logit bias, (H, Tq, Tk) or (B, H, Tq, Tk); None for no bias.
-        A new tensor each call: the model may fold the causal mask into it in place."""
+        """Additive attention-logit bias, (H, Tq, Tk) or (B, H, Tq, Tk); None for no bias. The
+        model folds the causal mask in itself (poslab.model.sdpa_mask)."""
         return None
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> ScoreMod | None:
