@@ -18,6 +18,12 @@ device. On rope, the optimizer's implementation (for-loop, foreach, fused) is ti
 and the whole Lightning loop (`Trainer.fit` with the run's trainer config, logger and callbacks)
 against the bare step, which is the per-step overhead of the loop.
 
+**Where a step's time goes** (a CPU; `--no-profile` leaves it out). After the timed rounds, one
+round of each encoding's 'poslab' and x-transformers steps runs under torch.profiler; each op's
+own time is summed for the kernels both call with the same shapes (matmuls, the SDPA kernel,
+GELU), against the step time of the rounds. x-transformers' step over poslab's time in those
+kernels is the ceiling of the ratio: what poslab would reach if the rest of its step were free.
+
 **MFU.** Model FLOPs per token as in the PaLM paper's appendix B (and nanoGPT's estimate_mfu):
 6 N + 12 L T d, with N the weights that take part in a matmul for every token (the blocks'
 linear layers and the output head, tied to the embedding; not the embedding lookup, LayerNorms
@@ -71,6 +77,14 @@ OPTIMIZER_VARIANTS = [
     ("AdamW fused", {"fused": True}),
 ]
 QUICK_SIZES = {"n_layer": 1, "n_head": 2, "n_embd": 32, "context": 16, "batch": 4}
+# Where a step's time goes (a CPU): each op's own time under torch.profiler, by name prefix. Both
+# implementations call these kernels with the same shapes, so poslab's time in them alone bounds
+# how far anything poslab does differently can take its ratio to x-transformers.
+SHARED_KERNELS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention kernel": ("aten::_scaled_dot_product", "aten::_flash_attention", "aten::_efficient_attention"),
+    "GELU": ("aten::gelu",),
+}
 
 
 # --- the models --------------------------------------------------------------------------------
@@ -257,6 +271,7 @@ def time_training(args, device, sizes, clock, output_dir: str) -> tuple[dict, di
         eager = poslab_model(cfg).model
         rows[encoding] = {
             "parameters": eager.num_parameters(),
+            "matmul_parameters": matmul_parameters(eager),
             "flops_per_token": flops_per_token(eager, sizes["n_layer"], sizes["n_embd"], sizes["context"]),
             "variants": {},
         }
@@ -300,8 +315,32 @@ def time_training(args, device, sizes, clock, output_dir: str) -> tuple[dict, di
             rows[encoding]["variants"][variant]["compile_s"] = compile_seconds[encoding]
     default = "poslab compiled" if default_compiled and args.compile else "poslab eager"
     meta = {"default_variant": default, "compile_auto_here": default_compiled}
+    if args.profile and device.type == "cpu":
+        log("profiling a step of each implementation")
+        for (encoding, variant), stepper in steppers.items():
+            if variant in (default, "x-transformers"):
+                rows[encoding]["variants"][variant]["profiled"] = kernel_times(stepper, args.steps)
     del steppers
     return rows, meta
+
+
+def kernel_times(stepper: Stepper, steps: int) -> dict:
+    """`steps` steps under torch.profiler: their wall time per step, and the milliseconds per step
+    in each group of SHARED_KERNELS (the ops' own, self, CPU time), both in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        started = time.perf_counter()
+        for _ in range(steps):
+            stepper.step()
+        step_ms = (time.perf_counter() - started) * 1000 / steps
+    groups = dict.fromkeys(SHARED_KERNELS, 0.0)
+    for event in profiler.key_averages():
+        for group, prefixes in SHARED_KERNELS.items():
+            if event.key.startswith(prefixes):
+                groups[group] += event.self_cpu_time_total / 1000 / steps
+                break
+    return {"step_ms": step_ms, "kernels_ms": groups}
 
 
 def time_lightning(args, device, sizes, clock, output_dir: str) -> dict:
@@ -594,6 +633,7 @@ def markdown(record: dict) -> str:
         f"MFU: model FLOPs per token 6 N + 12 L T d = {next(iter(training.values()))['flops_per_token']:,} "
         "(PaLM appendix B; N the matmul weights incl. the tied head) x tokens/s of 'poslab', over the matmul peak.",
         "",
+        *kernel_table(record),
         "## Targets (for a CPU)",
         "",
         "| target | result |",
@@ -652,6 +692,56 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def kernel_table(record: dict) -> list[str]:
+    """The markdown of where a step's time goes, and the ratio to x-transformers poslab would reach
+    if everything but the shared kernels cost nothing. Empty when nothing was profiled."""
+    sizes, peak = record["sizes"], record["matmul_peak"]["flops_per_s"]
+    tokens = sizes["batch"] * sizes["context"]
+    default = record["training_meta"]["default_variant"]
+    lines, ceilings = [], []
+    for encoding, row in record["training"].items():
+        matmul_flops = 6 * row["matmul_parameters"] * tokens  # the linear layers; attention's are in its kernel
+        variants = row["variants"]
+        for variant in (default, "x-transformers"):
+            if "profiled" not in variants.get(variant, {}):
+                continue
+            step_ms, kernels = variants[variant]["profiled"]["step_ms"], variants[variant]["profiled"]["kernels_ms"]
+            rest = step_ms - sum(kernels.values())
+            gflops = matmul_flops / (kernels["matmul"] / 1000) / 1e9 if kernels["matmul"] else float("nan")
+            name = "poslab" if variant == default else variant
+            lines.append(
+                f"| {encoding} | {name} | {step_ms:.1f} | "
+                + " | ".join(f"{kernels[group]:.1f}" for group in SHARED_KERNELS)
+                + f" | {rest:.1f} | {gflops:,.0f} ({gflops * 1e9 / peak:.0%}) |"
+            )
+        if "profiled" in variants.get(default, {}) and "x-transformers" in variants:
+            ours = variants[default]["profiled"]
+            shared_fraction = sum(ours["kernels_ms"].values()) / ours["step_ms"]
+            ratio = variants[default]["median"] / variants["x-transformers"]["median"]
+            ceilings.append(f"{encoding} {ratio / shared_fraction:.2f}x ({shared_fraction:.0%} in them)")
+    if not lines:
+        return []
+    return [
+        "## Where a step's time goes",
+        "",
+        "Milliseconds per training step, one round of steps under torch.profiler: the step's wall time, "
+        "and each op's own time summed by kernel. Both implementations call these kernels with the same "
+        "shapes; 'everything else' is the rest of the step (LayerNorm, embedding, loss, optimizer, Python, "
+        "the profiler's own cost). Matmul GFLOP/s: the linear layers' 6 N FLOPs per token over the matmul "
+        "time, against the measured peak.",
+        "",
+        "| encoding | implementation | step | " + " | ".join(SHARED_KERNELS) + " | everything else | matmul GFLOP/s |",
+        "|---|---|" + "---:|" * (len(SHARED_KERNELS) + 3),
+        *lines,
+        "",
+        "Ceiling of poslab / x-transformers: the measured ratio over the share of poslab's profiled step "
+        "spent in these kernels, i.e. the ratio if everything else in its step cost nothing: "
+        + (", ".join(ceilings) or "—")
+        + ".",
+        "",
+    ]
+
+
 def targets(record: dict) -> list[tuple[str, bool | None, str]]:
     training, default = record["training"], record["training_meta"]["default_variant"]
     rope = training.get("rope", {}).get("variants", {}).get(default, {}).get("median")
@@ -701,6 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-xt", action="store_true", help="leave x-transformers out")
     parser.add_argument("--no-lightning", action="store_true", help="leave the Lightning-loop measurement out")
+    parser.add_argument(
+        "--no-profile", dest="profile", action="store_false", help="leave out where a step's time goes (a CPU)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="leave the evaluation section out")
     parser.add_argument(
         "--clock",

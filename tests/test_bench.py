@@ -55,6 +55,12 @@ def test_quick_bench_writes_a_table_and_json_with_every_section(tmp_path):
         assert eager["min"] <= eager["median"] <= eager["max"] and len(eager["rounds"]) == 1
         assert 0 < row["mfu"]
         assert ("x-transformers" in row["variants"]) == has_x_transformers(), encoding
+        for variant in ("poslab eager", "x-transformers"):
+            if variant in row["variants"]:  # profiled: every shared kernel ran, none took the whole step
+                profiled = row["variants"][variant]["profiled"]
+                kernels = profiled["kernels_ms"]
+                assert list(kernels) == ["matmul", "attention kernel", "GELU"]
+                assert all(ms > 0 for ms in kernels.values()) and sum(kernels.values()) < profiled["step_ms"], kernels
     options = record["training"]["rope"]["variants"]
     assert {"poslab eager, AdamW for-loop", "poslab eager, AdamW foreach"} <= set(options)
     assert record["lightning"]["trainer_fit"]["median"] > 0 and record["lightning"]["compiled"] is False
@@ -68,6 +74,8 @@ def test_quick_bench_writes_a_table_and_json_with_every_section(tmp_path):
             else:
                 assert cell["status"] == "ok" and cell["tokens_per_s"] > 0 and cell["peak_bytes"] >= 0, cell
     assert {name for name, _, _ in record["targets"]} >= {"bias encodings >= 0.8x RoPE", ">= 50% MFU"}
+    markdown = record_path.with_suffix(".md").read_text()
+    assert "## Where a step's time goes" in markdown and markdown.count("| poslab |") == len(MISSION)
 
 
 def test_model_flops_per_token_of_gpt_small_by_hand():
