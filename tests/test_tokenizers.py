@@ -455,3 +455,88 @@ def test_shipped_hub_configs_compose(tmp_path):
         dm = instantiate(cfg.data)  # builds without touching the network
         assert isinstance(dm.tokenizer, BPETokenizer) and dm.vocab_size == cfg.model.net.vocab_size
     assert cfg.data.corpus.heldout_bytes == 5_000_000
+
+
+# The shipped hub configs against local folders laid out as the hub lists those repositories'
+# files (their file trees and dataset cards): the same config keys, read through the same code.
+
+
+def write_parquet(path: Path, columns: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+
+
+def setup_shipped(name: str, folder: Path, tmp_path: Path, *overrides: str) -> TokenDataModule:
+    from hydra.utils import instantiate
+
+    cfg = compose_config(
+        "train", [f"data={name}", f"data.corpus.path={folder}", "data.context=16", *overrides], tmp_path / f"{name}-run"
+    )
+    dm = instantiate(cfg.data, cache_dir=str(tmp_path / f"{name}-tokens"))
+    dm.setup()
+    return dm
+
+
+def decoded(dm: TokenDataModule, split: str) -> str:
+    return bytes(np.asarray(dm.tokens[split]).astype(np.uint8)).decode()
+
+
+def test_wikitext103_reads_its_config_from_the_dataset_card(tmp_path):
+    """Salesforce/wikitext: one folder per config (wikitext-103-raw-v1/train-00000-of-00002.parquet,
+    ...), the configs declared in README.md; rows are lines, joined as they are."""
+    folder = tmp_path / "wikitext"
+    card = ["---", "configs:"]
+    lines = {}
+    for config in ("wikitext-2-raw-v1", "wikitext-103-raw-v1"):  # the one asked for is not the first
+        card += [f"- config_name: {config}", "  data_files:"]
+        for split, shards in (("train", 2), ("validation", 1), ("test", 1)):
+            card += [f"  - split: {split}", f"    path: {config}/{split}-*"]
+            rows = [f" = {config} {split} {i} = \n" if i % 3 == 0 else f" línea {i} of {split} .\n" for i in range(12)]
+            lines[(config, split)] = rows
+            for shard in range(shards):
+                part = rows[shard * len(rows) // shards : (shard + 1) * len(rows) // shards]
+                write_parquet(folder / config / f"{split}-{shard:05d}-of-{shards:05d}.parquet", {"text": part})
+    (folder / "README.md").write_text("\n".join([*card, "---", "# wikitext", ""]))
+
+    dm = setup_shipped("wikitext103", folder, tmp_path)
+    for split in ("train", "validation", "test"):
+        assert decoded(dm, split) == "".join(lines[("wikitext-103-raw-v1", split)]), split
+
+
+def test_enwik8_reads_the_raw_config_of_the_parquet_export_and_cuts_the_last_bytes(tmp_path):
+    """LTCB/enwik8 at refs/convert/parquet: enwik8/train/0000.parquet (a row per line) and
+    enwik8-raw/train/0000.parquet (the whole file as one row). data_dir picks the raw one; the
+    last 2 x heldout_bytes bytes are validation and test."""
+    folder = tmp_path / "enwik8"
+    whole = "".join(f"<page><title>Ärticle {i}</title>\n<text>body {i}</text></page>\n" for i in range(60))
+    write_parquet(folder / "enwik8-raw" / "train" / "0000.parquet", {"text": [whole]})
+    write_parquet(folder / "enwik8" / "train" / "0000.parquet", {"text": [line for line in whole.splitlines() if line]})
+
+    dm = setup_shipped("enwik8", folder, tmp_path, "data.corpus.heldout_bytes=500")
+    data = whole.encode()
+    assert (decoded(dm, "train") + decoded(dm, "validation") + decoded(dm, "test")).encode() == data
+    assert len(decoded(dm, "test").encode()) in (499, 500)  # a cut inside "Ä" moves to the next character
+    assert len(decoded(dm, "validation").encode()) in (499, 500, 501)
+
+
+def test_pg19_reads_the_text_column_of_the_parquet_copy(tmp_path):
+    """emozilla/pg19: data/<split>-00000-of-000NN-<hash>.parquet with PG-19's columns
+    (short_book_title, publication_date, url, text); one book per row, NUL after each."""
+    folder = tmp_path / "pg19"
+    books = {
+        split: [f"{split} book {i}\nIt was a dark night.\n" * (3 + i) for i in range(n)]
+        for split, n in (("train", 6), ("validation", 2), ("test", 3))
+    }
+    for split, texts in books.items():
+        write_parquet(
+            folder / "data" / f"{split}-00000-of-00001-29a571947c0b5ccc.parquet",
+            {
+                "short_book_title": [f"Book {i}" for i in range(len(texts))],
+                "publication_date": [1900 + i for i in range(len(texts))],
+                "url": [f"http://www.gutenberg.org/ebooks/{i}" for i in range(len(texts))],
+                "text": texts,
+            },
+        )
+    dm = setup_shipped("pg19", folder, tmp_path, "data.corpus.num_books=4")
+    assert decoded(dm, "train") == "".join(book + "\0" for book in books["train"][:4])
+    assert decoded(dm, "validation") == "".join(book + "\0" for book in books["validation"])
