@@ -97,6 +97,27 @@ def test_group_check_follows_added_config_folders(tmp_path):
         check_group_overrides(["-cd", str(tmp_path), "pos_enc=yours"])
 
 
+def test_a_launcher_without_its_plugin_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    check_group_overrides(["-m", "hydra/launcher=slurm", "hydra/launcher=joblib"])  # the dev extra has both
+
+    def without_plugins(name, *args):
+        return None if name.startswith("hydra_plugins.") else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_plugins)
+    for launcher, package, extra in [
+        ("slurm", "hydra-submitit-launcher", "slurm"),
+        ("slurm_local", "hydra-submitit-launcher", "slurm"),
+        ("joblib", "hydra-joblib-launcher", "launchers"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            check_group_overrides(["-m", f"hydra/launcher={launcher}", "pos_enc=rope"])
+        assert str(error.value) == f"hydra/launcher={launcher} needs the {package} plugin: pip install -e '.[{extra}]'"
+    check_group_overrides(["-m", "hydra/launcher=basic", "pos_enc=rope"])  # Hydra's own
+
+
 def test_unknown_pos_enc_on_the_command_line(tmp_path):
     out = subprocess.run(
         [Path(sys.executable).parent / "poslab-train", "pos_enc=rop", f"paths.log_dir={tmp_path}"],
