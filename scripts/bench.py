@@ -19,10 +19,11 @@ and the whole Lightning loop (`Trainer.fit` with the run's trainer config, logge
 against the bare step, which is the per-step overhead of the loop.
 
 **Where a step's time goes** (a CPU; `--no-profile` leaves it out). After the timed rounds, one
-round of each encoding's 'poslab' and x-transformers steps runs under torch.profiler; each op's
-own time is summed for the kernels both call with the same shapes (matmuls, the SDPA kernel,
-GELU), against the step time of the rounds. x-transformers' step over poslab's time in those
-kernels is the ceiling of the ratio: what poslab would reach if the rest of its step were free.
+round of each encoding's 'poslab' and x-transformers steps runs under torch.profiler: the round's
+wall time per step, and each op's own time summed for the kernels both call with the same shapes
+(matmuls, the SDPA kernel, GELU). The measured ratio over the share of poslab's profiled step
+spent in those kernels is the ceiling of the ratio: what poslab would reach if the rest of its
+step were free.
 
 **MFU.** Model FLOPs per token as in the PaLM paper's appendix B (and nanoGPT's estimate_mfu):
 6 N + 12 L T d, with N the weights that take part in a matmul for every token (the blocks'

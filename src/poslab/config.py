@@ -4,6 +4,7 @@ and what is allowed, before data is loaded, a logger starts or a file is written
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import secrets
@@ -143,8 +144,6 @@ LAUNCHER_PLUGINS = {
 
 def check_launcher_plugin(launcher: str) -> None:
     """hydra/launcher=NAME needs its plugin installed: say which, and how."""
-    import importlib.util
-
     if launcher not in LAUNCHER_PLUGINS:
         return
     module, package, extra = LAUNCHER_PLUGINS[launcher]

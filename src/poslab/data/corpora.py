@@ -349,10 +349,9 @@ class HubCorpus(Corpus):
                 f"data: cannot find {self.path!r} at revision {self.revision or 'main'} on the hub: {first}"
             ) from error
         if commit != recorded:
-            record.parent.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-            tmp.write_text(commit)
-            os.replace(tmp, record)
+            from poslab.data.token_cache import write_atomically
+
+            write_atomically(record, lambda file: file.write(commit.encode()))
         self._commit = commit
         return commit
 

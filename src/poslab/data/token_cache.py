@@ -47,7 +47,7 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def _write_atomically(path: Path, write) -> None:
+def write_atomically(path: Path, write) -> None:
     """write(file) into a temporary file beside path, then rename it to path; on any failure
     (KeyboardInterrupt included) the temporary file is removed and path is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +110,9 @@ class TokenCache:
                 counts["num_tokens"] += int(ids.size)
                 counts["num_bytes"] += int(num_bytes)
 
-        _write_atomically(data_path, write_tokens)
+        write_atomically(data_path, write_tokens)
         meta = {"key": key, "format": FORMAT, "dtype": np.dtype(dtype).str, **counts}
-        _write_atomically(meta_path, lambda f: f.write(json.dumps(meta, sort_keys=True, default=str).encode()))
+        write_atomically(meta_path, lambda f: f.write(json.dumps(meta, sort_keys=True, default=str).encode()))
         entry = self.get(key)
         if entry is None:  # another process replaced it in between with a different size: cannot happen for one key
             raise RuntimeError(f"the token cache entry {data_path} vanished right after it was written")
@@ -128,5 +128,5 @@ class TokenCache:
 
     def write_text(self, key: dict, text: str, suffix: str = ".txt") -> Path:
         path = self.root / f"{key_hash(key)}{suffix}"
-        _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+        write_atomically(path, lambda f: f.write(text.encode("utf-8")))
         return path
