@@ -10,7 +10,7 @@
 # On the GPU machine it installs from .whl/ what is missing (offline, into $HOME/site), then runs,
 # each step under a time limit, everything written under OUT_DIR ($OUT, else experiments/gpu/<date>):
 #   1. env.txt       nvidia-smi, torch, CUDA
-#   2. pytest.log    the GPU tests, tests/test_gpu.py (bf16 training of every mission encoding,
+#   2. pytest.log    the GPU tests, tests/integration/test_gpu.py (bf16 training of every mission encoding,
 #                    compiled flex attention against the materialised bias, gpt_small at 32 x 512)
 #   3. train/        the quickstart's six encodings trained briefly with trainer=gpu (bf16,
 #                    model.compile auto = compiled) and scored at 1x to 32x; report.md; no checkpoints
@@ -92,8 +92,8 @@ step() {
   git rev-parse HEAD 2> /dev/null || true
 } > "$out/env.txt" 2>&1
 
-step pytest 150 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
-step train 180 python3 -m poslab.train -m experiment=quickstart trainer=gpu logger=csv \
+step pytest 150 python3 -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py
+step train 180 python3 -m poslab train -m experiment=quickstart trainer=gpu logger=csv \
   trainer.max_steps=100 trainer.val_check_interval=100 'eval.lengths_x=[1,2,4,8,16,32]' \
   "hydra.sweep.dir=$out/train"
 find "$out/train" -name '*.ckpt' -delete 2> /dev/null

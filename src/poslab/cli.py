@@ -1,110 +1,33 @@
-"""The console scripts' front door.
+"""The console scripts' front door: poslab-train, poslab-eval, poslab-inspect, poslab-report.
 
-- A bad setting ends a single run in one line and exit status 2, and leaves no run folder.
-- Any other failure writes results.json with status "failed" and traceback.txt in the job's
-  folder; a single run exits 1, a sweep goes on with its other jobs and exits 1 at the end.
-- `poslab-train resume=DIR` re-runs DIR's own command line in DIR (a run or a sweep folder).
+Each checks its command line before Hydra, torch or Lightning load (a typo is answered in a second,
+in one line, exit status 2), then runs its command (poslab.commands), and exits 1 if a sweep had
+failed jobs. `poslab-train resume=DIR` re-runs DIR's own command line in DIR (a run or a sweep
+folder). What a failing job leaves behind is poslab.commands.job's.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from poslab.config import ConfigError, check_group_overrides
+from poslab.config.command_line import check_group_overrides
+from poslab.errors import ConfigError, require_file
 
 log = logging.getLogger("poslab")
 
 
-def guarded_job(task: str) -> Callable:
-    """Wrap a Hydra task function so that no failure costs more than its own job."""
-
-    def decorator(function: Callable) -> Callable:
-        @functools.wraps(function)
-        def wrapper(cfg):
-            from hydra.core.hydra_config import HydraConfig
-            from hydra.types import RunMode
-
-            from poslab.data.corpora import CorpusUnavailableError  # here: the front door stays light
-            from poslab.tracking import record_failure
-
-            hydra_cfg = HydraConfig.get()
-            in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-            output_dir = Path(hydra_cfg.runtime.output_dir)
-            try:
-                results = function(cfg)
-            except (ConfigError, CorpusUnavailableError) as error:
-                log.error("%s", error)
-                if in_sweep:
-                    record_failure(cfg, output_dir, error, task=task)
-                    return None
-                remove_rejected_run_folder(output_dir)
-                sys.exit(2)
-            except Exception as error:
-                path = record_failure(cfg, output_dir, error, task=task)
-                first_line = str(error).splitlines()[0] if str(error) else ""
-                log.error("%s: %s (traceback: %s)", type(error).__name__, first_line, path.with_name("traceback.txt"))
-                if in_sweep:
-                    return None
-                sys.exit(1)
-            if results is not None and results.get("status") != "ok" and not in_sweep:
-                sys.exit(1)
-            return results
-
-        return wrapper
-
-    return decorator
-
-
-# Folders that existed before this command ran (set by the console script): removing a rejected
-# run's folder never removes one of them, even if it is empty.
-_FOLDERS_BEFORE: set[Path] | None = None
-
-
-def _remember_folders_before(argv: list[str]) -> None:
-    global _FOLDERS_BEFORE
+def folders_before(argv: list[str]) -> set[Path]:
+    """The log folder, its parents and its runs/eval/multirun folders that exist before this
+    command runs: removing a rejected run's folder never removes one of them."""
     given = value_given(argv, "paths.log_dir")
     log_dir = Path(given or os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
     candidates = [log_dir, *log_dir.parents, *(log_dir / sub for sub in ("runs", "eval", "multirun"))]
-    _FOLDERS_BEFORE = {folder for folder in candidates if folder.exists()}
-
-
-def remove_rejected_run_folder(output_dir: Path) -> None:
-    """Hydra creates the run folder (.hydra/, <job>.log) before the config can be checked. A
-    rejected setting should leave nothing behind, so remove exactly that, and only if the folder
-    holds nothing else (a resumed or reused folder keeps everything)."""
-    if not output_dir.is_dir():
-        return
-    written_by_hydra = {".hydra"} | {p.name for p in output_dir.glob("*.log")}
-    if {p.name for p in output_dir.iterdir()} - written_by_hydra:
-        return
-    close_log_files_in(output_dir)
-    shutil.rmtree(output_dir, ignore_errors=True)
-    if _FOLDERS_BEFORE is None:  # not started from a console script: leave the parents alone
-        return
-    for parent in output_dir.resolve().parents:  # runs/ and the log folder, if this command made them
-        if parent in _FOLDERS_BEFORE:
-            break
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-
-
-def close_log_files_in(folder: Path) -> None:
-    """Detach and close the logging handlers that write into `folder` (the job's <job>.log)."""
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for handler in list(getattr(logger, "handlers", [])):
-            filename = getattr(handler, "baseFilename", None)
-            if filename and Path(filename).resolve().is_relative_to(folder.resolve()):
-                logger.removeHandler(handler)
-                handler.close()
+    return {folder for folder in candidates if folder.exists()}
 
 
 def check_command_line(prog: str, argv: list[str]) -> None:
@@ -112,6 +35,14 @@ def check_command_line(prog: str, argv: list[str]) -> None:
     typo is answered in a second, in one line."""
     try:
         check_group_overrides(argv)
+    except ConfigError as error:
+        fail(prog, str(error))
+
+
+def require(prog: str, path: str, key: str) -> None:
+    """A path setting must name a file: said before Hydra starts (run folders are named after it)."""
+    try:
+        require_file(path, key)
     except ConfigError as error:
         fail(prog, str(error))
 
@@ -128,19 +59,18 @@ def _hydra_quote(value: str) -> str:
 def _saved_run_group(folder: Path) -> str | None:
     """The wandb group an earlier attempt used (Hydra saves configs unresolved, so read it from
     what the run itself wrote)."""
-    import json
+    from poslab.records.checkpoints import checkpoint_config
+    from poslab.records.results import FILENAME, read_results
 
-    for results in sorted(folder.rglob("results.json")):
+    for results in sorted(folder.rglob(FILENAME)):
         try:
-            return json.loads(results.read_text())["run"]["group"]
+            return read_results(results)["run"]["group"]
         except (ValueError, KeyError, OSError):
             continue
     for checkpoint in sorted(folder.rglob("last.ckpt")):
-        import torch
-
         try:
-            return torch.load(checkpoint, map_location="cpu", weights_only=False)["poslab_config"]["run_group"]
-        except Exception:
+            return checkpoint_config(checkpoint)["run_group"]
+        except (ConfigError, KeyError):
             continue
     return None
 
@@ -155,8 +85,8 @@ def check_train_command_line(prog: str, argv: list[str]) -> list[str]:
     """init_from names a checkpoint that must exist (its context names the run's context), and
     the extension experiment needs one."""
     init_from = value_given(argv, "init_from")
-    if init_from not in (None, "", "null") and not Path(init_from).expanduser().is_file():
-        fail(prog, f"init_from={init_from}: no such file")
+    if init_from not in (None, "", "null"):
+        require(prog, init_from, "init_from")
     if "experiment=extend_finetune" in argv and init_from is None:
         fail(prog, "experiment=extend_finetune continues a checkpoint: give init_from=RUN/checkpoints/last.ckpt")
     return resume_command_line(prog, argv)
@@ -176,13 +106,13 @@ def resume_command_line(prog: str, argv: list[str]) -> list[str]:
             f"(got: {' '.join(others) or ' '.join(resume)})",
         )
     folder = Path(resume[0].split("=", 1)[1]).expanduser()
-    from omegaconf import OmegaConf
+    from poslab.records.hydra_files import job_overrides, sweep_command
 
-    if (folder / "multirun.yaml").is_file():
-        overrides = list(OmegaConf.load(folder / "multirun.yaml").hydra.overrides.task)
+    if (sweep := sweep_command(folder)) is not None:
+        overrides = sweep[1]
         location = ["-m", f"hydra.sweep.dir={_hydra_quote(str(folder))}"]
-    elif (folder / ".hydra" / "overrides.yaml").is_file():
-        overrides = list(OmegaConf.load(folder / ".hydra" / "overrides.yaml"))
+    elif (job := job_overrides(folder)) is not None:
+        overrides = job
         location = [f"hydra.run.dir={_hydra_quote(str(folder))}"]
     else:
         fail(prog, f"resume={folder}: not a run or sweep folder (no .hydra/overrides.yaml or multirun.yaml inside)")
@@ -198,14 +128,17 @@ def run_console_script(prog: str, load_entry_point: Callable, argv_rewrite: Call
     The entry point is loaded after the checks, so a typo is answered before torch loads."""
     argv = sys.argv[1:]
     check_command_line(prog, argv)
-    _remember_folders_before(argv)
+    existing = folders_before(argv)
     if argv_rewrite is not None:
         argv = argv_rewrite(prog, argv)
     sys.argv = [sys.argv[0], *argv]
-    load_entry_point()()
-    from poslab import report
+    entry_point = load_entry_point()
+    from poslab.commands import job
+    from poslab.commands.report import sweep_problems
 
-    problems = getattr(report, "LAST_SWEEP_PROBLEMS", None)
+    job.FOLDERS_BEFORE = existing
+    entry_point()
+    problems = sweep_problems()
     if problems:
         print(
             f"{prog}: {len(problems)} job(s) of the sweep did not finish ok (listed in its report.md)", file=sys.stderr
@@ -219,8 +152,7 @@ def check_eval_command_line(prog: str, argv: list[str]) -> list[str]:
     ckpt_path = value_given(argv, "ckpt_path")
     if not ckpt_path:
         fail(prog, "ckpt_path is required: poslab-eval ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt")
-    if not Path(ckpt_path).expanduser().is_file():
-        fail(prog, f"ckpt_path={ckpt_path}: no such file")
+    require(prog, ckpt_path, "ckpt_path")
     return argv
 
 
@@ -228,7 +160,7 @@ def train_main() -> None:
     """The poslab-train console script."""
 
     def entry_point():
-        from poslab.train import hydra_main
+        from poslab.commands.train import hydra_main
 
         return hydra_main
 
@@ -239,7 +171,7 @@ def eval_main() -> None:
     """The poslab-eval console script."""
 
     def entry_point():
-        from poslab.eval_checkpoint import hydra_main
+        from poslab.commands.evaluate import hydra_main
 
         return hydra_main
 
@@ -250,15 +182,22 @@ def inspect_main() -> None:
     """The poslab-inspect console script."""
 
     def entry_point():
-        from poslab.inspect_encodings import hydra_main
+        from poslab.commands.inspect import hydra_main
 
         return hydra_main
 
     def check_checkpoint(prog: str, argv: list[str]) -> list[str]:
         # a checkpoint that is not there is answered before Hydra starts (it names the folder)
         ckpt_path = value_given(argv, "ckpt_path")
-        if ckpt_path not in (None, "", "null") and not Path(ckpt_path).expanduser().is_file():
-            fail(prog, f"ckpt_path={ckpt_path}: no such file")
+        if ckpt_path not in (None, "", "null"):
+            require(prog, ckpt_path, "ckpt_path")
         return argv
 
     run_console_script("poslab-inspect", entry_point, check_checkpoint)
+
+
+def report_main() -> None:
+    """The poslab-report console script."""
+    from poslab.commands.report import main
+
+    main()

@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from poslab.data.corpora import SPLITS, Corpus
+from poslab.data.passkey import KEY_DIGITS, make_passkey
 from poslab.data.token_cache import TokenCache, default_cache_root
 from poslab.data.tokenizer import ByteTokenizer, Tokenizer
-from poslab.passkey import KEY_DIGITS, make_passkey
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ IGNORED = -100
 
 
 class PasskeyMix(Dataset):
-    """Training windows of which a fraction are synthetic passkey sequences (poslab.passkey) of
+    """Training windows of which a fraction are synthetic passkey sequences (poslab.data.passkey) of
     the same length, with filler from the training split. A passkey window's targets are IGNORED
     except its 5 answer digits: a small model learns retrieval from the answer loss alone, not
     from the language-model loss on the whole sequence. Item i decides, from a generator seeded
@@ -195,11 +195,6 @@ class TokenDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.vocab_size={vocab_size} does not match the {self.tokenizer.name} tokenizer's "
                 f"{self.tokenizer.vocab_size}; leave data.vocab_size as ${{data.tokenizer.vocab_size}}"
-            )
-        if passkey_mix > 0 and not isinstance(self.tokenizer, ByteTokenizer):
-            raise ValueError(
-                f"data.passkey_mix={passkey_mix} needs the byte tokenizer (passkey sequences are built from "
-                f"bytes), not {self.tokenizer.name}; use data/tokenizer=bytes or data.passkey_mix=0"
             )
         self.vocab_size = self.tokenizer.vocab_size
         self.cache_dir = cache_dir

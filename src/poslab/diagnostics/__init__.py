@@ -7,5 +7,5 @@
   (entropy, mean distance, mass beyond the training context) at each length.
 - `describe`, `plots`: figures, numbers and summary lines from the two.
 
-The console script is `poslab-inspect` (poslab.inspect_encodings).
+The console script is `poslab-inspect` (poslab.commands.inspect).
 """

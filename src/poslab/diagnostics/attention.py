@@ -1,11 +1,13 @@
 """What attention does inside a trained model as the sequence outgrows the training context.
 
 The model computes attention with F.scaled_dot_product_attention, which never materialises the
-probabilities. For analysis they are recomputed from each layer's input, exactly as the layer
-does: q, k, v from the block's qkv projection, the encoding's rotate(), logit_scale() and bias()
-hooks, the causal mask, softmax. A forward pre-hook on every block's attention does this while
-the model runs, one layer and one chunk of query rows at a time, and keeps only per-head sums:
-memory stays at one chunk of (H, rows, T) probabilities whatever the length.
+probabilities. For analysis they are recomputed from each layer's input through the layer's own
+pieces: its projection (CausalSelfAttention.project, which applies the encoding's rotate() with
+the forward's prepared tables), its logit scale, and the chunked path's blocks of query rows with
+the encoding's bias and the causal mask folded in (BlockBias); then softmax. A forward pre-hook
+on every block's attention does this while the model runs, one layer and one block of query rows
+at a time, and keeps only per-head sums: memory stays within one block's budget whatever the
+length.
 
 Per layer and head, averaged over query rows (and windows):
     entropy               -sum_j p_ij ln p_ij, nats; uniform attention over i+1 keys gives ln(i+1)
@@ -18,7 +20,6 @@ Shapes: B batch, H heads, T length, hd head size, rows a chunk of query rows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,53 +28,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from poslab.encodings import LengthNotSupportedError, PositionalEncoding
-from poslab.model import GPT, CausalSelfAttention
-
-# Probabilities held at once: (B, H, rows, T) elements per chunk of query rows (64 MiB in float32).
-CHUNK_ELEMENTS = 2**24
-
-
-def queries_keys_values(attn: CausalSelfAttention, x: torch.Tensor, pos: torch.Tensor, pos_enc: PositionalEncoding):
-    """The layer's q, k (rotated) and v: each (B, H, T, hd)."""
-    B, T, C = x.shape
-    q, k, v = attn.qkv(x).split(C, dim=2)
-    q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
-    q, k = pos_enc.rotate(q, k, pos)
-    return q, k, v
+from poslab.encodings import LengthNotSupportedError
+from poslab.memory import BLOCK_ELEMENTS, row_blocks
+from poslab.model import GPT, BlockBias, CausalSelfAttention, PreparedPositions
 
 
 def attention_probabilities(
-    attn: CausalSelfAttention,
-    x: torch.Tensor,
-    pos: torch.Tensor,
-    pos_enc: PositionalEncoding,
-    chunk_elements: int = CHUNK_ELEMENTS,
+    attn: CausalSelfAttention, x: torch.Tensor, prepared: PreparedPositions, budget: int = BLOCK_ELEMENTS
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield (first query row, probabilities (B, H, rows, T), v (B, H, T, hd)) chunk by chunk."""
-    q, k, v = queries_keys_values(attn, x, pos, pos_enc)
+    """Yield (first query row, probabilities (B, H, rows, keys), v (B, H, keys, hd)) block by
+    block, the keys of a block being those up to its last row."""
+    q, k, v = attn.project(x, prepared)
     B, H, T, head_dim = q.shape
-    scale = pos_enc.logit_scale(T) / math.sqrt(head_dim)
-    key_index = torch.arange(T, device=x.device)
-    rows = max(1, chunk_elements // (B * H * T))
-    for start in range(0, T, rows):
-        stop = min(T, start + rows)
-        logits = (q[:, :, start:stop] @ k.transpose(-2, -1)) * scale  # (B, H, rows, T)
-        bias = pos_enc.bias(pos[..., start:stop], pos)  # (H, rows, T), (B, H, rows, T) or None
-        if bias is not None:
-            logits = logits + bias.to(logits.dtype)
-        # causal by index in the sequence, as in the model: query i sees keys 0..i
-        future = key_index > torch.arange(start, stop, device=x.device).unsqueeze(-1)  # (rows, T)
-        yield start, logits.masked_fill(future, float("-inf")).softmax(dim=-1), v
+    scale = attn.logit_scale(prepared, head_dim)
+    block_bias = BlockBias(prepared.pos_enc, prepared.pos, budget, with_mask_only=True)
+    for start, stop in row_blocks(T, B * H * T, budget):
+        logits = (q[:, :, start:stop] @ k[:, :, :stop].transpose(-2, -1)) * scale  # (B, H, rows, stop)
+        yield start, (logits + block_bias(start, stop, logits.dtype)).softmax(dim=-1), v[:, :, :stop]
 
 
 def recomputed_attention_output(
-    attn: CausalSelfAttention, x: torch.Tensor, pos: torch.Tensor, pos_enc: PositionalEncoding, **kwargs
+    attn: CausalSelfAttention, x: torch.Tensor, prepared: PreparedPositions, **kwargs
 ) -> torch.Tensor:
     """The layer's output (B, T, C) from the recomputed probabilities: what the model's own
     attention returns, if the recomputation is right."""
     B, T, C = x.shape
-    parts = [probs @ v for _, probs, v in attention_probabilities(attn, x, pos, pos_enc, **kwargs)]
+    parts = [probs @ v for _, probs, v in attention_probabilities(attn, x, prepared, **kwargs)]
     y = torch.cat(parts, dim=2)  # (B, H, T, hd)
     return attn.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -109,14 +89,14 @@ class HeadSums:
 
 
 @contextmanager
-def attention_probe(model: GPT, train_context: int, sums: HeadSums, chunk_elements: int = CHUNK_ELEMENTS):
+def attention_probe(model: GPT, train_context: int, sums: HeadSums, budget: int = BLOCK_ELEMENTS):
     """While active, every forward pass of `model` adds each layer's per-head statistics to `sums`."""
 
     def probe(layer: int):
         def hook(attn, args):
-            x, pos, pos_enc, _ = args  # the model's own bias is the encoding's bias(): recomputed per chunk
+            x, prepared = args
             with torch.no_grad():
-                for start, probs, _ in attention_probabilities(attn, x, pos, pos_enc, chunk_elements):
+                for start, probs, _ in attention_probabilities(attn, x, prepared, budget):
                     query_index = torch.arange(start, start + probs.size(-2), device=probs.device)
                     entropy, distance, beyond = (s.double() for s in row_statistics(probs, query_index, train_context))
                     # (B, H, rows) -> per head, summed over batch and rows

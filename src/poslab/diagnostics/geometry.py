@@ -70,7 +70,7 @@ def fixed_query_key_scores(encoding: RoPE, positions: torch.Tensor) -> torch.Ten
     positions and passed through the encoding's own rotate() and logit_scale(); divided by the
     head size, so it is 1 at distance 0 for RoPE. (L,) positions -> (L, L), query m by key n."""
     ones = torch.ones(1, 1, len(positions), encoding.head_dim)
-    q, k = encoding.rotate(ones, ones, positions)
+    q, k = encoding.rotate_at(ones, ones, positions)
     scale = encoding.logit_scale(int(positions.max()) + 1) / encoding.head_dim
     return (q[0, 0] @ k[0, 0].T).double() * scale
 

@@ -7,15 +7,14 @@ import io
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+from PIL import Image  # matplotlib's own dependency
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend
-import numpy as np  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
-from PIL import Image  # noqa: E402 - matplotlib's own dependency
+from poslab.diagnostics.attention import STATISTICS, statistic_table
+from poslab.figures import pyplot
 
-from poslab.diagnostics.attention import STATISTICS, statistic_table  # noqa: E402
+plt = pyplot()
 
 CONTEXT_LINE = {"color": "grey", "linestyle": ":", "linewidth": 1.2}
 

@@ -1,7 +1,7 @@
 """Positional encodings: one class per scheme, all implementing the hooks of `base.PositionalEncoding`."""
 
 from poslab.encodings.absolute import Learned, Sinusoidal
-from poslab.encodings.base import LengthNotSupportedError, NoPE, PositionalEncoding
+from poslab.encodings.base import LengthNotSupportedError, NoPE, PositionalEncoding, family_of, span
 from poslab.encodings.bias import FIRE, KERPLE, ALiBi, T5Bias, alibi_slopes, t5_relative_bucket
 from poslab.encodings.rotary import (
     RoPE,
@@ -33,5 +33,7 @@ __all__ = [
     "T5Bias",
     "XPos",
     "alibi_slopes",
+    "family_of",
+    "span",
     "t5_relative_bucket",
 ]

@@ -1,15 +1,28 @@
 """The interface every positional encoding implements.
 
-A positional scheme touches attention in at most three places, so an encoding is a module that
-overrides only the hooks it needs; the defaults leave the model position-free (NoPE).
+A positional scheme touches attention in a few places, so an encoding is a module that overrides
+only the hooks it needs; the defaults leave the model position-free (NoPE):
+
+    embed(x, pos)            absolute encodings add a vector per position      x: (B, T, D)
+    prepare(pos, length)     once per forward: what rotate() needs in every layer (RoPE's cos, sin)
+    rotate(q, k, prepared)   rotary encodings rotate queries and keys          q, k: (B, H, T, hd)
+    bias(q_pos, k_pos)       an additive logit bias (ALiBi, T5, KERPLE, FIRE)  -> (H, Tq, Tk)
+    score_mod(q_pos, k_pos)  the same bias elementwise, for FlexAttention
+    logit_scale(length)      a multiplier on the attention logits (YaRN's temperature)
 
 Positions are always passed in explicitly as integer tensors of shape (T,) or (B, T), never
 assumed to be ``arange(T)``, so offsets and randomised positions work with every encoding.
+
+Work that depends on the positions alone is done once per forward, never once per layer: the model
+calls `prepare` and builds the bias once and hands both to every layer. `prepare`'s default hands
+rotate() the positions themselves, so an encoding that computes nothing up front can write
+``rotate(q, k, pos)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,21 +38,40 @@ class LengthNotSupportedError(ValueError):
 class PositionalEncoding(nn.Module):
     # Longest sequence the encoding can represent; None means any length.
     max_length: int | None = None
-    # Encodings of one family share trained weights' meaning; a checkpoint may be scored under
-    # another member of its family only (e.g. RoPE weights under PI, NTK or YaRN).
-    family: str = "none"
+    # Encodings of one family share trained weights' meaning: a checkpoint may be scored under
+    # another member of its family only (RoPE weights under PI, NTK or YaRN). A subclass inherits
+    # its parent's family; a class that names none (directly below this one) is a family of its
+    # own, named by its qualified class name, so two unrelated encodings never share one.
+    family: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.family is None:
+            cls.family = f"{cls.__module__}.{cls.__qualname__}"
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Absolute encodings add to the token embeddings. x: (B, T, D), pos: (T,) or (B, T)."""
         return x
 
-    def rotate(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotary encodings rotate queries and keys. q, k: (B, H, T, head_dim)."""
+    def prepare(self, pos: torch.Tensor, length: int) -> Any:
+        """What `rotate` needs, computed once per forward from the positions and shared by every
+        layer. `length` is 1 + the largest position (the span the encoding serves); the default
+        hands rotate() the positions themselves."""
+        return pos
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, prepared: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary encodings rotate queries and keys. q, k: (B, H, T, head_dim); `prepared` is what
+        `prepare` returned for this forward."""
         return q, k
+
+    def rotate_at(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rotate` at these positions, prepared on the spot: for a single call (tests, diagnostics);
+        the model prepares once per forward instead."""
+        return self.rotate(q, k, self.prepare(pos, span(pos)))
 
     def bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
         """Additive attention-logit bias, (H, Tq, Tk) or (B, H, Tq, Tk); None for no bias. The
-        model folds the causal mask in itself (poslab.model.sdpa_mask)."""
+        model folds the causal mask in itself (poslab.model.attention.causal_bias)."""
         return None
 
     def score_mod(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> ScoreMod | None:
@@ -63,7 +95,7 @@ class PositionalEncoding(nn.Module):
         return type(self).bias is not PositionalEncoding.bias
 
     def logit_scale(self, length: int) -> float:
-        """Multiplier on the attention logits for a sequence of this length (YaRN's temperature)."""
+        """Multiplier on the attention logits for positions spanning `length` (YaRN's temperature)."""
         return 1.0
 
     def check_length(self, length: int) -> None:
@@ -73,6 +105,17 @@ class PositionalEncoding(nn.Module):
                 f"{type(self).__name__} has positions 0..{self.max_length - 1} only "
                 f"(max_length={self.max_length}); asked for length {length}"
             )
+
+
+def family_of(encoding: PositionalEncoding | type) -> str:
+    """The family of an encoding (an instance or its class)."""
+    cls = encoding if isinstance(encoding, type) else type(encoding)
+    return getattr(cls, "family", None) or f"{cls.__module__}.{cls.__qualname__}"
+
+
+def span(pos: torch.Tensor) -> int:
+    """1 + the largest position: how many positions an encoding must serve (a host sync)."""
+    return int(pos.max()) + 1
 
 
 class NoPE(PositionalEncoding):

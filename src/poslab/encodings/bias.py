@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poslab.encodings.base import PositionalEncoding
+from poslab.memory import rows_per_block
 
 
 def query_key_distance(q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
@@ -319,9 +320,9 @@ class FIRE(PositionalEncoding):
 
     def pairwise_bias(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         x = self.normalized_distance(q_pos, k_pos)  # (..., Tq, Tk)
-        # f's hidden layer holds (..., rows, Tk, hidden) values: a few million per chunk of query
-        # rows keeps long evaluations within memory (with autograd on, it is kept either way)
-        rows = max(1, 2**24 // (x[..., 0, :].numel() * self.w1.numel()))
+        # f's hidden layer holds (..., rows, Tk, hidden) values: the memory budget per chunk of
+        # query rows keeps long evaluations within memory (with autograd on, it is kept either way)
+        rows = rows_per_block(x[..., 0, :].numel() * self.w1.numel())
         return torch.cat([self.mlp(part) for part in x.split(rows, dim=-2)], dim=-3).movedim(-1, -3)
 
     def score_mod(self, q_pos, k_pos):

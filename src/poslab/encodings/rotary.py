@@ -27,15 +27,41 @@ Shapes: pos (T,) or (B, T); q, k (B, H, T, d); angles (..., T, d/2).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from poslab.encodings.base import PositionalEncoding
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
+class RotaryTables(NamedTuple):
+    """cos and sin of every position's angle per pair, laid out for the (i, i + d/2) pairing: the
+    angles of pairs 0..d/2-1 twice, (..., T, d). RoPE's `prepare` computes them once per forward
+    for every layer. Per-sample positions (B, T) give (B, 1, T, d), broadcast over heads."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int) -> torch.Tensor:
+    """(a, b) -> (a cos - b sin, b cos + a sin) for each channel pair (a, b) = (x_i, x_{i + d/2});
+    sign -1 rotates by minus the angle. In three passes over x: x cos, x sin, then the halves
+    combined in place."""
+    out, other = x * cos, x * sin  # (a c, b c) and (a s, b s)
+    half = x.shape[-1] // 2
+    if sign > 0:
+        out[..., :half].sub_(other[..., half:])
+        out[..., half:].add_(other[..., :half])
+    else:
+        out[..., :half].add_(other[..., half:])
+        out[..., half:].sub_(other[..., :half])
+    return out
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair (i, i + d/2) of x (..., d) by its angle: (a, b) -> (a cos - b sin,
+    a sin + b cos), with the tables cos and sin (..., d) (each angle twice) broadcast against x."""
+    return _rotated(x, cos, sin, 1)
 
 
 def rope_inv_freq(head_dim: int, base: float) -> torch.Tensor:
@@ -68,28 +94,26 @@ class RoPE(PositionalEncoding):
         by which the attention logits are multiplied (1 for all but YaRN)."""
         return self.inv_freq, 1.0
 
-    def angles(self, pos: torch.Tensor) -> torch.Tensor:
-        """pos (T,) or (B, T) -> angles (..., T, d/2), always float32: under bf16 autocast a bf16
-        position would be exact only up to 256 (elementwise products are not autocast)."""
-        inv_freq, _ = self.frequencies(int(pos.max()) + 1)
+    def angles(self, pos: torch.Tensor, length: int) -> torch.Tensor:
+        """pos (T,) or (B, T) -> angles (..., T, d/2) for positions spanning `length`, always
+        float32: under bf16 autocast a bf16 position would be exact only up to 256 (elementwise
+        products are not autocast)."""
+        inv_freq, _ = self.frequencies(length)
         return pos.float().unsqueeze(-1) * inv_freq.float()
 
-    def cos_sin(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of the angles, laid out for the (i, i + d/2) pairing: (..., T, d)."""
-        angles = self.angles(pos)
+    def prepare(self, pos: torch.Tensor, length: int) -> RotaryTables:
+        angles = self.angles(pos, length)
         if angles.dim() == 3:  # per-sample positions (B, T, d/2): broadcast over heads
             angles = angles.unsqueeze(1)
-        angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
+        angles = torch.cat((angles, angles), dim=-1)  # pair i's angle at channels i and i + d/2
+        return RotaryTables(angles.cos(), angles.sin())
 
-    def rotate(self, q, k, pos):
-        cos, sin = self.cos_sin(pos)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def rotate(self, q, k, prepared: RotaryTables):
+        cos, sin = prepared.cos.to(q.dtype), prepared.sin.to(q.dtype)
+        return rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
 
     def logit_scale(self, length: int) -> float:
-        # The model passes the sequence length T, while rotate() takes the length from the
-        # positions (pos.max() + 1); they agree for positions 0..T-1, as sequences are scored.
+        # the same `length` the model passes to prepare(): 1 + the largest position
         return self.frequencies(length)[1]
 
 
@@ -307,15 +331,30 @@ class XPos(RoPE):
         largest_exponent = 80.0
         self.max_length = int(largest_exponent * scale_base / -math.log(zeta[0].item()))
 
-    def rotate(self, q, k, pos):
-        cos, sin = self.cos_sin(pos)  # (..., T, d)
+    def prepare(self, pos: torch.Tensor, length: int) -> XPosTables:
+        tables = super().prepare(pos, length)  # (..., T, d)
         pos = pos.float()
         centre = (pos.amin(-1, keepdim=True) + pos.amax(-1, keepdim=True)) / 2
         power = ((pos - centre) / self.scale_base).unsqueeze(-1)  # (..., T, 1)
         scale = self.zeta.float() ** power  # (..., T, d/2)
         if scale.dim() == 3:  # per-sample positions: broadcast over heads
             scale = scale.unsqueeze(1)
-        scale = torch.cat((scale, scale), dim=-1)
-        q_cos, q_sin = (cos * scale).to(q.dtype), (sin * scale).to(q.dtype)
-        k_cos, k_sin = (cos / scale).to(k.dtype), (sin / scale).to(k.dtype)
-        return q * q_cos + _rotate_half(q) * q_sin, k * k_cos + _rotate_half(k) * k_sin
+        scale = torch.cat((scale, scale), dim=-1)  # (..., T, d), as the angles
+        return XPosTables(tables.cos * scale, tables.sin * scale, tables.cos / scale, tables.sin / scale)
+
+    def rotate(self, q, k, prepared: XPosTables):
+        dtype = q.dtype
+        return (
+            rotate_pairs(q, prepared.q_cos.to(dtype), prepared.q_sin.to(dtype)),
+            rotate_pairs(k, prepared.k_cos.to(dtype), prepared.k_sin.to(dtype)),
+        )
+
+
+class XPosTables(NamedTuple):
+    """xPos's rotation tables: RoPE's cos and sin times zeta^(n / scale_base) for the queries and
+    divided by it for the keys, (..., T, d)."""
+
+    q_cos: torch.Tensor
+    q_sin: torch.Tensor
+    k_cos: torch.Tensor
+    k_sin: torch.Tensor

@@ -1,0 +1,169 @@
+"""poslab-eval: score a trained checkpoint at lengths past its training context.
+
+    poslab-eval ckpt_path=outputs/runs/.../checkpoints/last.ckpt
+    poslab-eval ckpt_path=... pos_enc=rope_pi eval.lengths_x='[1,2,4,8,16,32]'
+
+The model, data and training context come from the checkpoint. `pos_enc=` swaps in another
+setting of the same encoding family (position buffers are never saved): RoPE weights can be
+scored under Position Interpolation without retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from poslab.commands.job import config_dirs, guarded_job
+from poslab.commands.scoring import load_heldout, score, score_passkey
+from poslab.config import CONFIG_DIR, load_choice
+from poslab.config.resolvers import register_resolvers
+from poslab.config.validate import check_eval_config, check_same_family, check_tokenizer_config, eval_variants
+from poslab.errors import ConfigError
+from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
+from poslab.records.console import write_and_show
+from poslab.records.loggers import finish_wandb, log_extrapolation, make_loggers
+from poslab.records.results import FILENAME, build_results, read_results
+from poslab.training import LitGPT
+
+log = logging.getLogger("poslab.eval")
+
+register_resolvers()
+
+
+def requested_variants(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
+    """(name, encoding config) for each way the checkpoint is to be scored: `eval.variants`, or
+    the one `pos_enc=` (None: the checkpoint's own encoding)."""
+    names = eval_variants(cfg, config_dirs())
+    if names is None:
+        return [(cfg.pos_enc_name, cfg.get("pos_enc"))]
+    return [(name, load_choice("pos_enc", name, config_dirs())) for name in names]
+
+
+def load_variant(checkpoint: dict, name: str, encoding: DictConfig | None, several: bool) -> tuple[LitGPT, DictConfig]:
+    """The checkpoint's model under one variant (its own encoding when `encoding` is None)."""
+    try:
+        if encoding is not None:
+            check_same_family(checkpoint, encoding["_target_"], config_dirs=config_dirs())
+        return LitGPT.from_checkpoint(checkpoint, encoding)
+    except ConfigError as error:
+        raise ConfigError(f"{name}: {error}" if several else str(error)) from error
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score one checkpoint under each requested variant, all on the same held-out tokens; one
+    results.json whose rows carry their variant, one wandb run per variant."""
+    variants = requested_variants(cfg)
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    # load every variant before scoring any: one that does not fit is refused up front
+    models = {}
+    for name, encoding in variants:
+        models[name], run_cfg = load_variant(checkpoint, name, encoding, several=len(variants) > 1)
+    context = run_cfg.data.context
+    settings = check_eval_config(cfg.eval, context)
+    check_tokenizer_config(run_cfg.data, cfg.eval)
+    trained_name = run_cfg.pos_enc_name
+    with open_dict(cfg):
+        cfg.pos_enc_name = variants[0][0] if len(variants) == 1 else trained_name
+        cfg.seed = run_cfg.seed  # an eval run is named and grouped by its checkpoint's seed
+    pl.seed_everything(cfg.seed)
+    datamodule, heldout = load_heldout(run_cfg.data, settings.num_tokens, max(settings.lengths))
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # the checkpoint's config with this evaluation's settings: what was scored
+    scored_config = {
+        **OmegaConf.to_container(run_cfg, resolve=True),
+        "eval": OmegaConf.to_container(cfg.eval),
+        "pos_enc_name": cfg.pos_enc_name,
+        "ckpt_path": str(cfg.ckpt_path),
+    }
+    if len(variants) > 1:  # each variant's encoding is in its rows; the config holds the trained one
+        scored_config["pos_enc"] = checkpoint["hyper_parameters"]["pos_enc"]
+    rows, passkey = [], None
+    for name, lit in models.items():
+        lit.to(device)
+        loggers = make_loggers(_logger_config_for(cfg, name, several=len(models) > 1))
+        try:
+            for logger in loggers:
+                logger.log_hyperparams({"config": scored_config, "trained_as": trained_name, "variant": name})
+            scored = score(
+                lit.model,
+                heldout,
+                settings,
+                train_length=context,
+                device=device,
+                variant=name,
+                scored_bytes=datamodule.heldout_bytes(heldout),
+            )
+            # at most one variant when passkey is on (poslab.config refuses several)
+            passkey = score_passkey(
+                lit.model,
+                heldout,
+                settings,
+                train_length=context,
+                device=device,
+                variant=name,
+                trained_with_mix=run_cfg.data.get("passkey_mix", 0.0),
+            )
+            log_extrapolation(loggers, scored, passkey)
+            rows += [row.to_dict() for row in scored]
+        finally:
+            finish_wandb()
+        lit.cpu()
+    results = build_results(
+        run={
+            "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
+            "pos_enc": cfg.pos_enc_name,
+            "seed": run_cfg.seed,
+            "group": cfg.run_group,
+            "output_dir": str(Path(cfg.paths.output_dir)),
+            "task": "eval",
+            "ckpt_path": str(cfg.ckpt_path),
+            "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
+            "trained_as": trained_name,
+            "variant": cfg.pos_enc_name if len(variants) == 1 else None,
+            "variants": list(models),
+        },
+        config=scored_config,
+        data=datamodule.fingerprint,
+        train=checkpoint_train_figures(cfg.ckpt_path, context, next(iter(models.values()))),
+        extrapolation=rows,
+        passkey=passkey,
+    )
+    return write_and_show(results, Path(cfg.paths.output_dir))
+
+
+def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConfig | None:
+    """The logger config for one variant: its wandb run named after it (one run per variant, so a
+    dashboard overlays them like training runs) and, with several variants, its own CSV folder
+    (csv/<variant>/: Lightning's CSV logger would otherwise delete the previous variant's file)."""
+    logger_cfg = cfg.get("logger")
+    if not logger_cfg:
+        return logger_cfg
+    logger_cfg = logger_cfg.copy()
+    with open_dict(logger_cfg):
+        for one in logger_cfg.values():
+            if one is None or "_target_" not in one:
+                continue
+            if one._target_.endswith("WandbLogger"):
+                one.name = f"{variant}-s{cfg.seed}"
+            elif one._target_.endswith("CSVLogger") and several:
+                one.version = variant
+    return logger_cfg
+
+
+def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
+    """What the checkpoint's own results.json says of its training, if it sits in its run folder."""
+    run_results = run_folder(ckpt_path) / FILENAME
+    train = read_results(run_results)["train"] if run_results.is_file() else {}
+    return {**train, "train_context": context, "parameters": lit.model.num_parameters()}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@guarded_job(task="eval")
+def hydra_main(cfg: DictConfig) -> dict:
+    return evaluate(cfg)

@@ -1,0 +1,154 @@
+"""What poslab-train and poslab-eval do once a model is ready: the extrapolation sweep and the
+passkey grid on the held-out tokens, with progress on the console; then the numbers to wandb,
+results.json in the run folder, and the tables on the console."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+
+from poslab.config.validate import check_passkey_filler
+from poslab.errors import ConfigError
+from poslab.evaluation.passkey import passkey_retrieval
+from poslab.evaluation.protocols import ExtrapolationRow, extrapolation_sweep
+from poslab.evaluation.settings import EvalSettings
+from poslab.records.console import write_and_show
+from poslab.records.loggers import log_extrapolation
+from poslab.records.results import build_results
+
+log = logging.getLogger("poslab")
+
+
+def load_heldout(data_cfg, num_tokens: int, longest: int):
+    """The datamodule of a run's data config, set up for testing, and its held-out tokens: the
+    first `num_tokens` of the test split in whole windows of `longest` (a split too short for
+    them is a setting error)."""
+    try:
+        datamodule = instantiate(data_cfg)
+        datamodule.setup("test")
+        return datamodule, datamodule.heldout_tokens(num_tokens, longest)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def score(
+    model,
+    heldout: np.ndarray,
+    settings: EvalSettings,
+    *,
+    train_length: int,
+    device: torch.device,
+    variant: str,
+    scored_bytes: int | None = None,
+) -> list[ExtrapolationRow]:
+    """The extrapolation sweep of one model (one variant), under each protocol."""
+    log.info(
+        "%s: extrapolation sweep on %d held-out tokens at lengths %s, protocols %s",
+        variant,
+        len(heldout) - 1,
+        list(settings.lengths),
+        ", ".join(settings.protocols),
+    )
+    rows = extrapolation_sweep(
+        model,
+        heldout,
+        list(settings.lengths),
+        train_length=train_length,
+        protocols=list(settings.protocols),
+        stride=settings.stride,
+        batch_tokens=settings.batch_tokens,
+        device=device,
+        scored_bytes=scored_bytes,
+        progress=lambda row: log.info(
+            "  %s length %d: %s",
+            row.protocol,
+            row.eval_length,
+            f"ppl {row.ppl:.3f}" if row.status == "ok" else row.status,
+        ),
+    )
+    for row in rows:
+        row.variant = variant
+    return rows
+
+
+def score_passkey(
+    model,
+    heldout: np.ndarray,
+    settings: EvalSettings,
+    *,
+    train_length: int,
+    device: torch.device,
+    variant: str,
+    trained_with_mix: float,
+) -> dict | None:
+    """The passkey grid of one model, filler from the held-out tokens; None when eval.passkey is off."""
+    passkey = settings.passkey
+    if passkey is None:
+        return None
+    check_passkey_filler(passkey.lengths, len(heldout) - 1)  # the held-out split may be shorter than asked
+    log.info("%s: passkey retrieval at lengths %s, depths %s", variant, list(passkey.lengths), list(passkey.depths))
+    result = passkey_retrieval(
+        model,
+        heldout,
+        list(passkey.lengths),
+        list(passkey.depths),
+        trials=passkey.trials,
+        seed=passkey.seed,
+        train_length=train_length,
+        threshold=passkey.threshold,
+        batch_tokens=settings.batch_tokens,
+        device=device,
+        progress=lambda length, accuracy, status: log.info(
+            "  passkey length %d: %s",
+            length,
+            ", ".join(f"{a:.0%}" if a is not None else s for a, s in zip(accuracy, status, strict=True)),
+        ),
+    )
+    result.trained_with_mix = trained_with_mix
+    result.variant = variant
+    return result.to_dict()
+
+
+def score_and_record(
+    model,
+    heldout: np.ndarray,
+    settings: EvalSettings,
+    *,
+    train_length: int,
+    device: torch.device,
+    loggers: list,
+    run: dict,
+    config: dict,
+    data: dict,
+    train: dict,
+    output_dir,
+    scored_bytes: int | None = None,
+) -> dict:
+    """The end of a training job: the extrapolation sweep and the passkey grid, both to wandb,
+    results.json in the run folder, and the tables on the console. Returns the results."""
+    rows = score(
+        model,
+        heldout,
+        settings,
+        train_length=train_length,
+        device=device,
+        variant=run["pos_enc"],
+        scored_bytes=scored_bytes,
+    )
+    passkey = score_passkey(
+        model,
+        heldout,
+        settings,
+        train_length=train_length,
+        device=device,
+        variant=run["pos_enc"],
+        trained_with_mix=config["data"].get("passkey_mix", 0.0),
+    )
+    log_extrapolation(loggers, rows, passkey)
+    results = build_results(
+        run=run, config=config, data=data, train=train, extrapolation=[row.to_dict() for row in rows], passkey=passkey
+    )
+    return write_and_show(results, output_dir)

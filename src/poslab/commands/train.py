@@ -1,0 +1,249 @@
+"""poslab-train: train one GPT, then run the extrapolation sweep on it.
+
+poslab-train pos_enc=alibi data.context=256
+poslab-train -m pos_enc='glob(*)' seed=0,1,2
+poslab-train resume=outputs/runs/<run>          (continue a killed run, or a sweep folder)
+
+A job's folder decides what the job does: a finished run with the same config is reused, a
+last.ckpt without results is resumed, anything else trains from scratch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from poslab.commands.job import config_dirs, guarded_job
+from poslab.commands.scoring import score_and_record
+from poslab.config import CONFIG_DIR
+from poslab.config.resolvers import register_resolvers
+from poslab.config.validate import check_init_from, check_train_config
+from poslab.errors import ConfigError
+from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint
+from poslab.records.loggers import finish_wandb, make_loggers
+from poslab.records.results import FILENAME, build_results, config_differences, read_results, write_results
+from poslab.training import DivergedError, LitGPT
+
+log = logging.getLogger("poslab.train")
+
+register_resolvers()
+
+
+def build(cfg: DictConfig):
+    """Everything that can fail on a bad setting, before a logger starts or training runs:
+    (datamodule, model, eval settings, held-out tokens, init_from's checkpoint or None)."""
+    max_steps, interval = cfg.trainer.get("max_steps"), cfg.trainer.get("val_check_interval")
+    if isinstance(max_steps, int) and isinstance(interval, int) and 0 < max_steps < interval:
+        # a run shorter than the interval would otherwise never validate nor checkpoint
+        with open_dict(cfg):
+            cfg.trainer.val_check_interval = max_steps
+    settings = check_train_config(cfg)
+    initial = read_checkpoint(cfg.init_from, key="init_from") if cfg.get("init_from") else None
+    if initial is not None:
+        check_init_from(cfg, initial, config_dirs())
+    pl.seed_everything(cfg.seed, workers=True)  # before the model is built: its init draws from it
+    try:
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        heldout = datamodule.heldout_tokens(settings.num_tokens, max(settings.lengths))
+        lit = LitGPT(cfg.model.net, cfg.pos_enc, cfg.model.optimizer, cfg.model.scheduler)
+        trained_positions = cfg.data.max_position if cfg.data.get("positions") == "randomized" else None
+        try:
+            lit.model.pos_enc.check_length(trained_positions or cfg.data.context)
+        except ValueError as error:  # training must fit the encoding; evaluation lengths may not
+            key = f"data.max_position={trained_positions}" if trained_positions else f"data.context={cfg.data.context}"
+            raise ValueError(f"{key} cannot be trained with pos_enc: {error}") from error
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        raise ConfigError(str(cause).splitlines()[0] if str(cause) else repr(cause)) from error
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return datamodule, lit, settings, heldout, initial
+
+
+def start_from_checkpoint(lit: LitGPT, cfg: DictConfig, checkpoint: dict) -> None:
+    """Load init_from's weights into the model (optimizer and schedule start fresh, as in the
+    context-extension papers); build() has checked its size and encoding family."""
+    try:
+        lit.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(f"init_from={cfg.init_from}: {str(error).splitlines()[0]}") from error
+    log.info("starting from the weights of %s (step %d)", cfg.init_from, checkpoint.get("global_step", 0))
+
+
+def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path | None, int | None]:
+    """What an earlier attempt left in this job's folder: (ok results to reuse, checkpoint to
+    resume from, its step). A folder holding another config's work is refused, never overwritten."""
+    results_path = output_dir / FILENAME
+    if results_path.is_file():
+        try:
+            earlier = read_results(results_path)
+        except ValueError:
+            earlier = None  # unreadable: this attempt replaces it
+        if earlier is not None and earlier["status"] == "ok":
+            differ = config_differences(earlier["config"], resolved, ignore_seed=False)
+            if differ:
+                raise ConfigError(
+                    f"{output_dir} holds a finished run with another config ({', '.join(differ[:5])} differ); "
+                    "use another folder"
+                )
+            return earlier, None, None
+    checkpoint = output_dir / LAST_CHECKPOINT
+    if checkpoint.is_file():
+        saved = read_checkpoint(checkpoint, key="resume")
+        differ = config_differences(saved.get(CONFIG_KEY), resolved, ignore_seed=False)
+        if differ:
+            raise ConfigError(
+                f"{checkpoint} was trained with another config ({', '.join(differ[:5])} differ); "
+                "resume it with its own config (poslab-train resume=RUN_DIR) or use another folder"
+            )
+        return None, checkpoint, saved["global_step"]
+    return None, None, None
+
+
+def reuse(results: dict, output_dir: Path) -> dict:
+    """Keep a finished job as it is; note in its results that a rerun found and kept it."""
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    results["run"]["reused_at"] = [*results["run"].get("reused_at", []), now]
+    write_results(results, output_dir)
+    log.info("%s already finished with this config: reusing %s", results["run"]["name"], output_dir / FILENAME)
+    return results
+
+
+def log_resumed_attempt_apart(cfg: DictConfig, step: int) -> None:
+    """Lightning's CSV logger would write over the killed attempt's metrics.csv: give the resumed
+    attempt its own folder, csv/resumed-from-step-N/, and keep the first one as it is."""
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        if logger_cfg and str(logger_cfg.get("_target_", "")).endswith("CSVLogger"):
+            with open_dict(logger_cfg):
+                logger_cfg.version = f"resumed-from-step-{step}"
+
+
+def train(cfg: DictConfig) -> dict | None:
+    """Train, evaluate, write results.json; returns the results (None on non-zero DDP ranks)."""
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule, lit, settings, heldout, initial = build(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    finished, resume_from, resumed_step = previous_work(output_dir, resolved)
+    if finished is not None:
+        return reuse(finished, output_dir)
+    if initial is not None and resume_from is None:
+        start_from_checkpoint(lit, cfg, initial)
+    if resume_from is not None:
+        log_resumed_attempt_apart(cfg, resumed_step)
+        log.info("resuming from %s at step %d", resume_from, resumed_step)
+    lit.run_config = resolved
+    log.info(
+        "%s: %d parameters, training context %d, eval lengths %s",
+        cfg.pos_enc_name,
+        lit.model.num_parameters(),
+        cfg.data.context,
+        list(settings.lengths),
+    )
+    run = {
+        "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
+        "pos_enc": cfg.pos_enc_name,
+        "seed": cfg.seed,
+        "group": cfg.run_group,
+        "output_dir": str(output_dir),
+        "task": "train",
+        "resumed_from_step": resumed_step,
+    }
+
+    loggers = make_loggers(cfg.get("logger"))
+    try:
+        for logger in loggers:
+            logger.log_hyperparams({"config": resolved, "data": _summary(datamodule.fingerprint)})
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        started = time.perf_counter()
+        zero_shot = cfg.get("init_from") and cfg.trainer.max_steps == 0
+        if not zero_shot:
+            try:
+                trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            except DivergedError as error:
+                log.error("%s", error)
+                return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
+        wall_time = time.perf_counter() - started
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run and not zero_shot:
+            # ModelCheckpoint saves every n steps only; last.ckpt must hold the final weights
+            # (called on every rank: Lightning writes from rank 0)
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
+        if not trainer.is_global_zero:
+            return None
+
+        # a zero-shot job's weights were trained at the original context, not at this one
+        train_context = cfg.original_context if zero_shot else cfg.data.context
+        steps = trainer.global_step
+        tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
+        trained_tokens = (steps - (resumed_step or 0)) * cfg.data.batch_size * cfg.data.context * trainer.world_size
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        return score_and_record(
+            lit.model,
+            heldout,
+            settings,
+            train_length=train_context,
+            device=lit.device,
+            loggers=loggers,
+            run=run,
+            config=resolved,
+            data=datamodule.fingerprint,
+            scored_bytes=datamodule.heldout_bytes(heldout),
+            train={
+                "steps": steps,
+                "tokens": tokens,
+                # this attempt's time and speed (a resumed run: since the resume)
+                "wall_time_s": round(wall_time, 2),
+                "tokens_per_s": round(trained_tokens / wall_time, 1) if wall_time > 0 else None,
+                "parameters": lit.model.num_parameters(),
+                "train_loss": metrics.get("train/loss"),
+                "val_loss": metrics.get("val/loss"),
+                "train_context": train_context,
+                "zero_shot": bool(zero_shot),
+            },
+            output_dir=output_dir,
+        )
+    finally:
+        finish_wandb()
+
+
+def record_divergence(error: DivergedError, trainer, cfg, run, resolved, datamodule, lit, output_dir) -> dict | None:
+    """A diverged run is a result, not numbers: status "diverged", the step, no scores."""
+    if not trainer.is_global_zero:
+        return None
+    results = build_results(
+        run=run,
+        config=resolved,
+        data=datamodule.fingerprint,
+        train={
+            "steps": error.step - 1,
+            "parameters": lit.model.num_parameters(),
+            "train_context": cfg.data.context,
+            "diverged_at_step": error.step,
+        },
+        extrapolation=[],
+        status="diverged",
+        error=str(error),
+    )
+    write_results(results, output_dir)
+    return results
+
+
+def _summary(fingerprint: dict) -> dict:
+    """The fingerprint without its file list (kept in results.json), for logger configs."""
+    return {k: v for k, v in fingerprint.items() if k != "files"}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@guarded_job(task="train")
+def hydra_main(cfg: DictConfig) -> dict | None:
+    return train(cfg)

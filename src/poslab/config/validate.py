@@ -1,0 +1,456 @@
+"""Every check of a setting, each key checked once, before anything is built: a bad setting fails
+in one line that names its key (as it is written on the command line) and what is allowed, before
+data is loaded, a logger starts or a file is written. The library's classes trust what passed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from poslab.config import CONFIG_DIR, available
+from poslab.config.registry import encodings_of_family, family_of_target
+from poslab.data.passkey import MIN_LENGTH as PASSKEY_MIN_LENGTH
+from poslab.diagnostics.describe import Settings as InspectSettings
+from poslab.errors import ConfigError
+from poslab.evaluation.protocols import PROTOCOLS
+from poslab.evaluation.settings import EvalSettings, PasskeySettings
+from poslab.model import ATTENTION_PATHS
+from poslab.records.checkpoints import CONFIG_KEY
+
+__all__ = ["ConfigError"]
+
+
+def check_multiples(values, key: str, at_least: float | None = None) -> list[float]:
+    """A non-empty list of positive numbers (each >= `at_least` if given): multiples of the
+    training context. Ascending, without repeats."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple, ListConfig)) or not values:
+        raise ConfigError(
+            f"{key} must be a non-empty list of multiples of the context, e.g. {key}=[2,4], got {values!r}"
+        )
+    for value in values:
+        if not _is_number(value) or value <= 0 or (at_least is not None and value < at_least):
+            smallest = f"a number >= {at_least:g}" if at_least is not None else "a positive number"
+            raise ConfigError(f"{key}: every multiple must be {smallest}, got {value!r}")
+    return sorted({float(value) for value in values})
+
+
+def multiples_of_context(values, context: int, key: str, at_least: float | None = None) -> list[int]:
+    """Eval lengths given as multiples of the training context -> whole numbers of tokens,
+    ascending, without repeats: the one rule for `eval.lengths_x`, `eval.passkey.lengths_x` and
+    poslab-inspect's `lengths_x`."""
+    lengths = []
+    for multiple in check_multiples(values, key, at_least):
+        length = multiple * context
+        if not length.is_integer():
+            raise ConfigError(f"{key}: {multiple:g} x {context} is not a whole number of tokens")
+        lengths.append(int(length))
+    return sorted(set(lengths))
+
+
+def eval_lengths(eval_cfg, context: int) -> list[int]:
+    """Absolute eval lengths: `eval.lengths` if given, else `eval.lengths_x` times the context."""
+    if not eval_cfg.get("lengths"):
+        return multiples_of_context(eval_cfg.get("lengths_x"), context, "eval.lengths_x")
+    lengths = list(eval_cfg.lengths)
+    for length in lengths:
+        if not _is_number(length) or not float(length).is_integer() or length <= 0:
+            raise ConfigError(
+                f"eval.lengths: every eval length must be a positive whole number of tokens, got {length}"
+            )
+    return sorted({int(length) for length in lengths})
+
+
+def _positive(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_model_config(cfg: DictConfig) -> None:
+    """The GPT's sizes; the one place they are checked (the classes trust them)."""
+    for key in ("model.net.vocab_size", "model.net.n_layer", "model.net.n_head", "model.net.n_embd"):
+        _positive(cfg, key)
+    n_embd, n_head = cfg.model.net.n_embd, cfg.model.net.n_head
+    if n_embd % n_head:
+        raise ConfigError(f"model.net.n_head={n_head} must divide model.net.n_embd={n_embd}")
+    dropout = cfg.model.net.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model.net.dropout must be in [0, 1), got {dropout!r}")
+    attention = cfg.model.net.get("attention", "auto")
+    if attention not in ATTENTION_PATHS:
+        raise ConfigError(f"model.net.attention={attention}: allowed: {', '.join(ATTENTION_PATHS)}")
+    compile_setting = cfg.model.get("compile", "auto")
+    if compile_setting not in ("auto", True, False):
+        raise ConfigError(f"model.compile={compile_setting}: allowed: auto, true, false")
+
+
+POSITIONS = ("contiguous", "randomized")
+
+
+def check_positions_config(data: DictConfig) -> None:
+    positions = data.get("positions", "contiguous")
+    if positions not in POSITIONS:
+        raise ConfigError(f"data.positions={positions}: allowed: {', '.join(POSITIONS)}")
+    max_position = data.get("max_position")
+    if positions == "randomized":
+        if not isinstance(max_position, int) or isinstance(max_position, bool):
+            raise ConfigError(
+                f"data.max_position must be a whole number with data.positions=randomized, got {max_position!r}"
+            )
+        if max_position < data.context:
+            raise ConfigError(
+                f"data.max_position={max_position} is below data.context={data.context}: a window of "
+                f"{data.context} tokens needs as many distinct positions"
+            )
+
+
+def check_trainer_config(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    if not trainer.get("fast_dev_run"):
+        max_steps = trainer.get("max_steps", -1)
+        zero_shot = cfg.get("init_from") is not None and max_steps == 0  # score the checkpoint as it is
+        if not zero_shot and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0):
+            allowed = "a positive integer (0 only with init_from)"
+            raise ConfigError(f"trainer.max_steps must be {allowed}, got {max_steps!r}")
+        if not zero_shot:
+            _positive(cfg, "trainer.val_check_interval")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator}: no CUDA device here (torch {torch.__version__}); "
+                "use trainer.accelerator=cpu, or a CUDA build of torch on a GPU machine"
+            )
+    elif accelerator not in ("cpu", "auto", "mps"):
+        raise ConfigError(f"trainer.accelerator={accelerator}: allowed: auto, cpu, gpu")
+
+
+# Top-level keys of a training config (conf/train.yaml and its groups). A `+key=...` outside
+# them would be carried along and silently ignored, so it is refused.
+TRAIN_KEYS = (
+    "task_name",
+    "seed",
+    "pos_enc_name",
+    "run_group",
+    "tags",
+    "report_note",
+    "data",
+    "model",
+    "pos_enc",
+    "trainer",
+    "logger",
+    "eval",
+    "callbacks",
+    "paths",
+    "init_from",
+    "extend_factor",
+    "original_context",
+)
+
+
+def check_tokenizer_config(data_cfg, eval_cfg) -> None:
+    """Passkey sequences (poslab.data.passkey) are built from bytes: only the byte tokenizer serves them."""
+    target = str(OmegaConf.select(data_cfg, "tokenizer._target_", default="poslab.data.ByteTokenizer"))
+    if target.endswith("ByteTokenizer"):
+        return
+    name = OmegaConf.select(data_cfg, "tokenizer.name", default=None) or target.rsplit(".", 1)[-1]
+    if OmegaConf.select(eval_cfg, "passkey.enabled", default=False):
+        raise ConfigError(
+            f"eval.passkey.enabled=true needs the byte tokenizer (passkey sequences are built from bytes), "
+            f"not {name}; use data/tokenizer=bytes"
+        )
+    mix = OmegaConf.select(data_cfg, "passkey_mix", default=0.0) or 0.0
+    if mix > 0:
+        raise ConfigError(f"data.passkey_mix={mix} needs the byte tokenizer, not {name}; use data/tokenizer=bytes")
+
+
+def check_train_config(cfg: DictConfig) -> EvalSettings:
+    """Validate a composed training config; returns its evaluation settings."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (no default), e.g. {missing[0]}=...")
+    if "ckpt_path" in cfg:
+        raise ConfigError(
+            "ckpt_path is not a training setting: to continue a killed run use `poslab-train resume=RUN_DIR`; "
+            "to score a checkpoint use `poslab-eval ckpt_path=...`"
+        )
+    unknown = sorted(set(cfg.keys()) - set(TRAIN_KEYS) - {"hydra"})
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)}: not a poslab-train setting; the top-level keys are {', '.join(TRAIN_KEYS)}"
+        )
+    check_model_config(cfg)
+    for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
+        _positive(cfg, key)
+    check_positions_config(cfg.data)
+    check_passkey_mix(cfg.data)
+    check_tokenizer_config(cfg.data, cfg.eval)
+    check_trainer_config(cfg)
+    if cfg.eval.get("variants"):
+        raise ConfigError(
+            "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
+            "a training run is scored under its own pos_enc"
+        )
+    return check_eval_config(cfg.eval, cfg.data.context)
+
+
+# what eval.protocols holds unless a run asks otherwise (conf/eval/extrapolation.yaml)
+DEFAULT_PROTOCOLS = ["nonoverlapping"]
+
+
+def eval_protocols(eval_cfg) -> list[str]:
+    """The protocols to score: `eval.protocols`, or the older single `eval.protocol`, which, when
+    given, means a one-element list."""
+    allowed = ", ".join(PROTOCOLS)
+    single, protocols = eval_cfg.get("protocol"), eval_cfg.get("protocols")
+    if single is not None:
+        if protocols is not None and list(protocols) not in ([single], DEFAULT_PROTOCOLS):
+            raise ConfigError(f"eval.protocol={single} and eval.protocols={list(protocols)} disagree; give one of them")
+        if single not in PROTOCOLS:
+            raise ConfigError(f"eval.protocol={single}: allowed: {allowed}")
+        return [single]
+    if not protocols or isinstance(protocols, str):
+        raise ConfigError(
+            f"eval.protocols must be a non-empty list such as [nonoverlapping,sliding], got {protocols!r}"
+        )
+    protocols = list(protocols)
+    unknown = [str(p) for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ConfigError(f"eval.protocols: {', '.join(unknown)} unknown; allowed: {allowed}")
+    if len(set(protocols)) != len(protocols):
+        raise ConfigError(f"eval.protocols lists a protocol twice: {protocols}")
+    return protocols
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_passkey_mix(data: DictConfig) -> None:
+    mix = data.get("passkey_mix", 0.0)
+    if not _is_number(mix) or not 0.0 <= mix <= 1.0:
+        raise ConfigError(f"data.passkey_mix must be a fraction of training windows in [0, 1], got {mix!r}")
+    if mix > 0 and data.context < PASSKEY_MIN_LENGTH:
+        raise ConfigError(
+            f"data.passkey_mix={mix} needs data.context >= {PASSKEY_MIN_LENGTH} (a key line, a question and filler), "
+            f"got {data.context}"
+        )
+
+
+def passkey_lengths(passkey_cfg, context: int) -> list[int]:
+    """Absolute passkey eval lengths: `eval.passkey.lengths_x` times the context, each long enough
+    for a key line, a question and filler."""
+    key = "eval.passkey.lengths_x"
+    for multiple in check_multiples(passkey_cfg.get("lengths_x"), key):
+        length = multiple * context
+        if not length.is_integer() or length < PASSKEY_MIN_LENGTH:
+            raise ConfigError(
+                f"{key}: {multiple:g} x data.context={context} must be a whole number of at least "
+                f"{PASSKEY_MIN_LENGTH} tokens (a key line, a question and filler)"
+            )
+    return multiples_of_context(passkey_cfg.get("lengths_x"), context, key)
+
+
+def check_passkey_filler(lengths, heldout_tokens: int) -> None:
+    """The passkey filler comes from the held-out tokens: the longest passkey length must fit."""
+    if max(lengths) > heldout_tokens:
+        raise ConfigError(
+            f"eval.passkey.lengths_x: the longest passkey length {max(lengths)} is more than the {heldout_tokens} "
+            "held-out tokens its filler comes from (eval.num_tokens in whole windows of the longest eval length)"
+        )
+
+
+def check_passkey_config(passkey_cfg, context: int, heldout_tokens: int) -> PasskeySettings | None:
+    """The passkey settings, or None when passkey is off. The filler comes from the sweep's
+    held-out tokens, `heldout_tokens` of them."""
+    if passkey_cfg is None:
+        return None
+    enabled = passkey_cfg.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"eval.passkey.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    lengths = passkey_lengths(passkey_cfg, context)
+    check_passkey_filler(lengths, heldout_tokens)
+    depths = passkey_cfg.get("depths")
+    if not depths or isinstance(depths, str) or not all(_is_number(d) and 0.0 <= d <= 1.0 for d in depths):
+        raise ConfigError(f"eval.passkey.depths must be a non-empty list of fractions in [0, 1], got {depths!r}")
+    if len(set(depths)) != len(depths):
+        raise ConfigError(f"eval.passkey.depths lists a depth twice: {list(depths)}")
+    for key in ("trials", "seed"):
+        value = passkey_cfg.get(key)
+        smallest = 1 if key == "trials" else 0
+        if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
+            raise ConfigError(f"eval.passkey.{key} must be an integer >= {smallest}, got {value!r}")
+    threshold = passkey_cfg.get("threshold")
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"eval.passkey.threshold must be an accuracy in [0, 1], got {threshold!r}")
+    return PasskeySettings(
+        lengths=tuple(lengths),
+        depths=tuple(float(d) for d in depths),
+        trials=passkey_cfg.trials,
+        seed=passkey_cfg.seed,
+        threshold=float(threshold),
+    )
+
+
+def check_eval_config(eval_cfg, context: int) -> EvalSettings:
+    """eval.* for a model trained at `context`, as settings."""
+    for key in ("num_tokens", "batch_tokens"):
+        value = eval_cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"eval.{key} must be a positive integer, got {value!r}")
+    protocols = eval_protocols(eval_cfg)
+    lengths = eval_lengths(eval_cfg, context)
+    if max(lengths) > eval_cfg.num_tokens:
+        raise ConfigError(
+            f"eval.num_tokens={eval_cfg.num_tokens} is shorter than the longest eval length {max(lengths)}; "
+            "raise eval.num_tokens or lower eval.lengths"
+        )
+    stride = None
+    if "sliding" in protocols:
+        stride = eval_cfg.get("stride")
+        if not isinstance(stride, int) or isinstance(stride, bool) or stride <= 0:
+            raise ConfigError(f"eval.stride must be a positive integer with the sliding protocol, got {stride!r}")
+        if stride > min(lengths):
+            raise ConfigError(
+                f"eval.stride={stride} is longer than the shortest eval length {min(lengths)}; a sliding window "
+                "cannot advance past its own end (a stride equal to the length is nonoverlapping)"
+            )
+    heldout_tokens = eval_cfg.num_tokens // max(lengths) * max(lengths)  # as TokenDataModule.heldout_tokens cuts them
+    passkey = check_passkey_config(eval_cfg.get("passkey"), context, heldout_tokens)
+    variants = eval_cfg.get("variants")
+    if passkey and variants and len(variants) > 1:
+        raise ConfigError(
+            "eval.passkey.enabled=true scores one encoding per run; with several eval.variants run poslab-eval "
+            "once per variant (pos_enc=NAME)"
+        )
+    return EvalSettings(
+        lengths=tuple(lengths),
+        protocols=tuple(protocols),
+        stride=stride,
+        num_tokens=eval_cfg.num_tokens,
+        batch_tokens=eval_cfg.batch_tokens,
+        passkey=passkey,
+    )
+
+
+# --- encodings and checkpoints -----------------------------------------------------------------
+
+
+def check_encoding_names(names: list[str], key: str, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> list[str]:
+    """pos_enc names given as a list (eval.variants, inspect's variant): each known, none twice."""
+    known = available("pos_enc", config_dirs)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"{key}: {', '.join(unknown)} unknown; available: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{key} lists a name twice: {list(names)}")
+    return list(names)
+
+
+def check_same_family(
+    checkpoint: dict,
+    asked_target: str,
+    key: str = "pos_enc",
+    use: str = "scored under",
+    config_dirs: Sequence[str] = (CONFIG_DIR,),
+) -> None:
+    """A checkpoint is scored (or continued) only under an encoding of its own family: the same
+    weights mean the same thing there (RoPE weights under PI or YaRN, not under ALiBi). The names
+    allowed are listed from the config folders."""
+    trained_target = checkpoint["hyper_parameters"]["pos_enc"]["_target_"]
+    trained, asked = family_of_target(trained_target), family_of_target(asked_target)
+    if trained != asked:
+        trained_name = checkpoint[CONFIG_KEY].get("pos_enc_name") or trained_target.rsplit(".", 1)[-1]
+        allowed = ", ".join(encodings_of_family(trained, config_dirs)) or "its own"
+        raise ConfigError(
+            f"{key}: the checkpoint was trained with {trained_name} ({trained} family) and cannot "
+            f"be {use} a {asked} encoding; allowed: {allowed}"
+        )
+
+
+def check_init_from(cfg: DictConfig, checkpoint: dict, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> None:
+    """init_from's weights go into this run's model: the same size, an encoding of the same family."""
+    saved_net = checkpoint["hyper_parameters"]["net"]
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    differ = sorted(k for k in saved_net.keys() | net.keys() if saved_net.get(k) != net.get(k))
+    if differ:
+        settings = ", ".join(f"model.net.{k}={saved_net.get(k)}" for k in differ)
+        raise ConfigError(f"init_from={cfg.init_from}: the checkpoint's model differs; use its settings: {settings}")
+    key = f"init_from={cfg.init_from}: pos_enc={cfg.pos_enc_name}"
+    check_same_family(checkpoint, cfg.pos_enc._target_, key=key, use="continued with", config_dirs=config_dirs)
+
+
+def eval_variants(cfg: DictConfig, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> list[str] | None:
+    """poslab-eval's eval.variants, checked; None when not given (one encoding, pos_enc= or the
+    checkpoint's own)."""
+    names = cfg.eval.get("variants")
+    if not names:
+        return None
+    if cfg.get("pos_enc") is not None:
+        raise ConfigError("give pos_enc= or eval.variants=[...], not both")
+    return check_encoding_names([str(name) for name in names], "eval.variants", config_dirs)
+
+
+# --- poslab-inspect ---------------------------------------------------------------------------
+
+
+def inspect_variants(variant) -> list[str]:
+    """inspect's `variant`: one name or a list of them ([] when not given)."""
+    if variant is None:
+        return []
+    return [str(v) for v in variant] if isinstance(variant, (list, tuple, ListConfig)) else [str(variant)]
+
+
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_inspect_config(cfg: DictConfig, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> InspectSettings:
+    """Every inspect setting, before a model or a file is touched."""
+    has_checkpoint = bool(cfg.get("ckpt_path"))
+    if not has_checkpoint and cfg.get("pos_enc") is None:
+        raise ConfigError(
+            f"give pos_enc=NAME to inspect an encoding (one of: {', '.join(available('pos_enc', config_dirs))}), "
+            "or ckpt_path=RUN/checkpoints/last.ckpt to inspect a trained model"
+        )
+    if has_checkpoint and cfg.get("pos_enc") is not None:
+        raise ConfigError(
+            "with ckpt_path, name the encoding with variant=NAME (a member of the checkpoint's family); "
+            "pos_enc= inspects an encoding without a checkpoint"
+        )
+    names = inspect_variants(cfg.get("variant"))
+    if names and not has_checkpoint:
+        raise ConfigError("variant= applies to a checkpoint (ckpt_path=...); without one, use pos_enc=NAME")
+    check_encoding_names(names, "variant", config_dirs)
+    if not has_checkpoint:
+        check_model_config(cfg)
+        _positive_int(cfg.data, "context")
+    tolerance = cfg.get("return_tolerance")
+    if not _is_number(tolerance) or not 0 < tolerance < 1:
+        raise ConfigError(f"return_tolerance must be a fraction between 0 and 1, e.g. 0.05, got {tolerance!r}")
+    threshold = cfg.get("bias_threshold")
+    if not _is_number(threshold) or not threshold < 0:
+        raise ConfigError(f"bias_threshold must be a negative number of logits, e.g. -4.6, got {threshold!r}")
+    check_multiples(cfg.get("lengths_x"), "lengths_x", at_least=1)
+    for key in ("distance_x", "num_tokens"):
+        _positive_int(cfg, key)
+    return InspectSettings(
+        distance_x=cfg.distance_x,
+        scales_x=check_multiples(cfg.get("scales_x"), "scales_x", at_least=1),
+        positions_x=check_multiples(cfg.get("positions_x"), "positions_x", at_least=1),
+        return_tolerance=float(tolerance),
+        bias_threshold=float(threshold),
+    )
+
+
+def inspect_lengths(cfg: DictConfig, train_context: int) -> list[int]:
+    """inspect's lengths_x at a checkpoint's training context."""
+    return multiples_of_context(cfg.get("lengths_x"), train_context, "lengths_x", at_least=1)

@@ -1,0 +1,134 @@
+"""What several tests share: the tiny sizes, composing a config as the command line would, a small
+text corpus, a tiny trained run, a model with uniform logits, running a console script in-process,
+and strict JSON reading. Tests import it (`from helpers import ...`; tests/ is on pytest's path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from poslab.config import CONFIG_DIR, available
+from poslab.config.resolvers import register_resolvers
+from poslab.encodings import NoPE
+
+register_resolvers()
+
+ENCODINGS = available("pos_enc")
+
+# A model and data small enough that a training run takes a second or two
+TINY = [
+    "model.net.n_layer=1",
+    "model.net.n_head=2",
+    "model.net.n_embd=32",
+    "data.context=16",
+    "data.batch_size=4",
+    "data.eval_batch_size=4",
+    "data.val_tokens=256",
+    "eval.lengths_x=[1,2,4]",
+    "eval.num_tokens=256",
+    "eval.batch_tokens=256",
+    "logger=csv",
+]
+
+# the console scripts installed beside this interpreter (the project's own virtual environment)
+SCRIPTS = Path(sys.executable).parent
+REPOSITORY = Path(__file__).resolve().parents[1]
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path):
+    """A config composed as the command line would, with Hydra's runtime set (as in a real run)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
+def write_text_corpus(folder: Path, text: str | None = None, documents: int = 30) -> Path:
+    """`documents` text files of real text (this file and conf/train.yaml), enough for tiny models."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = text if text is not None else Path(__file__).read_text() + Path(CONFIG_DIR, "train.yaml").read_text()
+    for i in range(documents):
+        (folder / f"doc_{i:02d}.txt").write_text(f"# document {i}\n" + source * (1 + i % 3))
+    return folder
+
+
+def train_tiny_run(root: Path, run_name: str, *overrides: str, env: dict | None = None) -> Path:
+    """Train a tiny model (RoPE unless overridden) through the poslab-train console script into
+    root/runs/run_name, as a user's run leaves its folder; returns its last.ckpt."""
+    corpus = write_text_corpus(root / "corpus")
+    flags = [o for o in overrides if o.startswith("--")]  # Hydra's flags come before the overrides
+    overrides = [o for o in overrides if not o.startswith("--")]
+    args = [*flags, "data=text_files", f"data.corpus.train={corpus}/*.txt", *TINY, "trainer.max_steps=3", *overrides]
+    run_dir = root / "runs" / run_name
+    out = subprocess.run(
+        [str(SCRIPTS / "poslab-train"), *args, f"hydra.run.dir={run_dir}"],
+        env=env or {**os.environ, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+class UniformModel(torch.nn.Module):
+    """Logits all zero: every next byte has probability 1/vocab."""
+
+    def __init__(self, vocab_size: int, pos_enc=None):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.pos_enc = pos_enc or NoPE()
+
+    def forward(self, idx):
+        return torch.zeros(*idx.shape, self.vocab_size)
+
+
+def strict_json(path: Path) -> dict:
+    """Parse as a strict JSON reader would: NaN and Infinity are not JSON."""
+
+    def refuse(token):
+        raise ValueError(f"{path}: {token} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def run_console(monkeypatch, main, *argv: str) -> int:
+    """Run a console script in this process, as typed; returns its exit status."""
+    monkeypatch.setattr(sys, "argv", ["poslab", *argv])
+    try:
+        main()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def run_train(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    """poslab-train ARGS in `cwd` as a user types it (WANDB_MODE and the like in **env); it must succeed."""
+    environment = {**os.environ, "WANDB_SILENT": "true", **env}
+    out = subprocess.run(
+        [str(SCRIPTS / "poslab-train"), *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out

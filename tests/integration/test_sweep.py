@@ -1,0 +1,63 @@
+"""A tiny multirun over every encoding, end to end: results.json per job, an offline wandb run
+per job, and the report written by the Hydra callback when the sweep ends."""
+
+from pathlib import Path
+
+import pytest
+
+from helpers import ENCODINGS, TINY, run_train
+from poslab.commands.report import main as report_main
+from poslab.records.results import find_results, read_results
+
+
+def test_multirun_over_all_encodings(tmp_path, text_corpus):
+    """Also: a YAML alone, dropped into a pos_enc/ folder on the config path, joins the sweep."""
+    extra = tmp_path / "my_conf" / "pos_enc"
+    extra.mkdir(parents=True)
+    (extra / "rope_base500.yaml").write_text(
+        "_target_: poslab.encodings.RoPE\nn_embd: ${model.net.n_embd}\nn_head: ${model.net.n_head}\nbase: 500.0\n"
+    )
+    encodings = sorted([*ENCODINGS, "rope_base500"])
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    out = run_train(
+        [
+            "-m",
+            f"--config-dir={tmp_path / 'my_conf'}",
+            "pos_enc=glob(*)",
+            "data=text_files",
+            f"data.corpus.train={text_corpus}/*.txt",
+            *overrides,
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=4",
+            f"paths.log_dir={tmp_path / 'logs'}",
+            "run_group=test-sweep",
+        ],
+        cwd=tmp_path,
+        WANDB_MODE="offline",
+    )
+    (sweep,) = (tmp_path / "logs" / "multirun").iterdir()
+    results = [read_results(p) for p in find_results(sweep)]
+    assert sorted(r["run"]["pos_enc"] for r in results) == encodings
+    assert next(r for r in results if r["run"]["pos_enc"] == "rope_base500")["config"]["pos_enc"]["base"] == 500.0
+    for r in results:
+        run_dir = Path(r["run"]["output_dir"])
+        assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert r["run"]["group"] == "test-sweep" and r["train"]["steps"] == 4
+        rows = {row["eval_length"]: row["status"] for row in r["extrapolation"]}
+        expected = "unsupported" if r["run"]["pos_enc"] == "learned" else "ok"
+        assert rows == {16: "ok", 32: expected, 64: expected}
+
+    report = (sweep / "report.md").read_text()
+    assert (sweep / "extrapolation.png").stat().st_size > 1000
+    for name in encodings:
+        assert f"| {name} |" in report
+    assert "| learned | " in report and "unsupported" in report
+    assert "| encoding |" in out.stdout  # the table is printed at the end of the sweep
+
+
+def test_report_command_on_a_folder_without_results(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "no results.json" in capsys.readouterr().err
