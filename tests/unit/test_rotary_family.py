@@ -280,3 +280,50 @@ def test_angles_are_float32_under_bf16_autocast(name):
     for g, w in zip(got, want, strict=True):
         assert g.dtype == torch.bfloat16
         torch.testing.assert_close(g.float(), w, rtol=2e-2, atol=3e-2)
+
+
+def rotate_by_formula(x, cos, sin):
+    """RoFormer's rotation of pairs (i, i + d/2), written as the paper does: x cos + rotate_half(x) sin."""
+    first, second = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+@pytest.mark.parametrize("per_sample", [False, True], ids=["(T, d) tables", "(B, 1, T, d) tables"])
+def test_the_rotation_and_its_gradient_equal_the_formula_to_the_bit(per_sample):
+    """rotate_pairs computes its own gradient (the rotation by minus the angle): the same numbers
+    as autograd through the formula, forward and backward, bit for bit."""
+    from poslab.encodings.rotary import rotate_pairs
+
+    torch.manual_seed(0)
+    x = torch.randn(2, N_HEAD, 24, HEAD_DIM, requires_grad=True)
+    pos = torch.stack([torch.arange(24), torch.arange(24) + 100]) if per_sample else torch.arange(24)
+    cos, sin = RoPE(N_HEAD * HEAD_DIM, N_HEAD).prepare(pos, int(pos.max()) + 1)
+    upstream = torch.randn(2, N_HEAD, 24, HEAD_DIM)
+    ours = rotate_pairs(x, cos, sin)
+    (ours_grad,) = torch.autograd.grad((ours * upstream).sum(), x)
+    formula = rotate_by_formula(x, cos, sin)
+    (formula_grad,) = torch.autograd.grad((formula * upstream).sum(), x)
+    assert torch.equal(ours, formula) and torch.equal(ours_grad, formula_grad)
+    small = x.detach()[:1, :1, :4].double().requires_grad_()  # a few positions: gradcheck is O(elements^2)
+    tables = (cos[..., :4, :].double(), sin[..., :4, :].double())
+    if per_sample:
+        tables = tuple(table[:1] for table in tables)
+    assert torch.autograd.gradcheck(lambda t: rotate_pairs(t, *tables), (small,))
+
+
+def test_rotation_tables_that_learn_get_their_gradient():
+    """Tables that require a gradient (a learned rotation) take autograd's path through the formula."""
+    from poslab.encodings.rotary import rotate_pairs
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 8, HEAD_DIM)
+    angles = torch.rand(8, HEAD_DIM // 2, requires_grad=True)
+
+    def tables():
+        both = torch.cat((angles, angles), -1)
+        return both.cos(), both.sin()
+
+    (ours,) = torch.autograd.grad(rotate_pairs(x, *tables()).sum(), angles)
+    (formula,) = torch.autograd.grad(rotate_by_formula(x, *tables()).sum(), angles)
+    assert ours.abs().sum() > 0
+    torch.testing.assert_close(ours, formula)

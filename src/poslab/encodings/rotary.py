@@ -43,11 +43,20 @@ class RotaryTables(NamedTuple):
     sin: torch.Tensor
 
 
+def _product(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """x * table into a new contiguous tensor: x is a strided view of the qkv projection, and a
+    product that allocates its own output follows x's layout and runs about twice as slowly on a
+    CPU. (With autograd recording, as for tables that learn, the plain product.)"""
+    if torch.is_grad_enabled() and (x.requires_grad or table.requires_grad):
+        return x * table
+    return torch.mul(x, table, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int) -> torch.Tensor:
     """(a, b) -> (a cos - b sin, b cos + a sin) for each channel pair (a, b) = (x_i, x_{i + d/2});
     sign -1 rotates by minus the angle. In three passes over x: x cos, x sin, then the halves
     combined in place."""
-    out, other = x * cos, x * sin  # (a c, b c) and (a s, b s)
+    out, other = _product(x, cos), _product(x, sin)  # (a c, b c) and (a s, b s)
     half = x.shape[-1] // 2
     if sign > 0:
         out[..., :half].sub_(other[..., half:])
@@ -58,10 +67,33 @@ def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int) -
     return out
 
 
+class _RotatePairs(torch.autograd.Function):
+    """The rotation with its gradient written out: the gradient of a rotation is the rotation by
+    minus the angle. Autograd would keep each intermediate of the expression and take twice the
+    passes over memory; the numbers are the same to the last bit (each value is computed by the
+    same operations)."""
+
+    @staticmethod
+    def forward(x, cos, sin):
+        return _rotated(x, cos, sin, 1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, cos, sin = inputs
+        ctx.save_for_backward(cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotated(grad, cos, sin, -1), None, None
+
+
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each channel pair (i, i + d/2) of x (..., d) by its angle: (a, b) -> (a cos - b sin,
     a sin + b cos), with the tables cos and sin (..., d) (each angle twice) broadcast against x."""
-    return _rotated(x, cos, sin, 1)
+    if cos.requires_grad or sin.requires_grad:  # tables that learn: autograd through the expression
+        return _rotated(x, cos, sin, 1)
+    return _RotatePairs.apply(x, cos, sin)
 
 
 def rope_inv_freq(head_dim: int, base: float) -> torch.Tensor:
