@@ -88,3 +88,38 @@ def xt_model(encoding: str, sizes: dict, vocab: int):
     return TransformerWrapper(
         num_tokens=vocab, max_seq_len=sizes["context"], attn_layers=decoder, tie_embedding=True, **wrapper_kwargs
     )
+
+
+class RoPEThroughAutograd:
+    """RoPE as the GPT used it before the encodings' prepare() hook: cos and sin recomputed in every
+    layer (with a read of the positions from the device), and the rotation x cos + rotate_half(x) sin
+    differentiated by autograd. The same numbers as poslab's RoPE; timed beside it, it shows what
+    preparing once per forward and the rotation's own gradient give."""
+
+    @staticmethod
+    def wrap(encoding):
+        import torch
+
+        from poslab.encodings import RoPE
+
+        class PerLayerRoPE(type(encoding)):
+            def prepare(self, pos, length):
+                return pos
+
+            def rotate(self, q, k, pos):
+                inv_freq, _ = self.frequencies(int(pos.max()) + 1)
+                angles = pos.float().unsqueeze(-1) * inv_freq.float()
+                if angles.dim() == 3:
+                    angles = angles.unsqueeze(1)
+                angles = torch.cat((angles, angles), dim=-1)
+                cos, sin = angles.cos().to(q.dtype), angles.sin().to(q.dtype)
+
+                def rotate_half(x):
+                    first, second = x.chunk(2, dim=-1)
+                    return torch.cat((-second, first), dim=-1)
+
+                return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+        assert isinstance(encoding, RoPE)
+        encoding.__class__ = PerLayerRoPE
+        return encoding

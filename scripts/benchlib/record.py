@@ -5,7 +5,7 @@ are read against are in experiments/benchmarks/README.md ("Targets")."""
 from __future__ import annotations
 
 from . import EVAL_LENGTHS_X
-from .training import SHARED_KERNELS
+from .training import ROPE_PER_LAYER, SHARED_KERNELS
 
 
 def _rate(entry: dict | None) -> str:
@@ -16,6 +16,12 @@ def _rate(entry: dict | None) -> str:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "—"
+
+
+def _paired(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    return f"{entry['median']:.2f}x ({entry['min']:.2f}-{entry['max']:.2f})"
 
 
 def _bytes(n: int | None) -> str:
@@ -44,7 +50,7 @@ def markdown(record: dict) -> str:
         "## Training",
         "",
         "| encoding | poslab eager | poslab compiled (compile s) | x-transformers | poslab / x-transformers "
-        "| eager / x-transformers | MFU | vs RoPE |",
+        "| round by round | MFU | vs RoPE |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     training = record["training"]
@@ -56,7 +62,7 @@ def markdown(record: dict) -> str:
         compiled_text = f"{_rate(compiled)} ({compiled['compile_s']:.0f} s)" if compiled else "—"
         lines.append(
             f"| {encoding} | {_rate(v.get('poslab eager'))} | {compiled_text} | {_rate(v.get('x-transformers'))} "
-            f"| {_ratio(ours, xt)} | {_ratio(v['poslab eager']['median'], xt)} | {row['mfu']:.0%} "
+            f"| {_ratio(ours, xt)} | {_paired(row.get('ratio_to_x_transformers'))} | {row['mfu']:.0%} "
             f"| {_ratio(ours, rope)} |"
         )
     lines += [
@@ -64,8 +70,10 @@ def markdown(record: dict) -> str:
         f"MFU: model FLOPs per token 6 N + 12 L T d = {next(iter(training.values()))['flops_per_token']:,} "
         "(PaLM appendix B; N the matmul weights incl. the tied head) x tokens/s of 'poslab', over the matmul peak.",
         "",
-        "The ratios are measured in this one process; the targets they are read against are in "
-        'experiments/benchmarks/README.md ("Targets").',
+        "poslab / x-transformers: the ratio of the two medians. Round by round: the median (min-max) of "
+        "the ratio within each round, where the two ran next to each other (every other round in the "
+        "other order), which cancels what the machine did between rounds. Both are measured in this one "
+        'process; the targets they are read against are in experiments/benchmarks/README.md ("Targets").',
         "",
         *kernel_table(record),
     ]
@@ -79,7 +87,7 @@ def markdown(record: dict) -> str:
     base = options.get("poslab eager", {}).get("median")
     default_optimizer = "fused" if record.get("device", "cpu").startswith("cuda") else "torch's default, not fused"
     names = ("poslab eager, AdamW for-loop", "poslab eager, AdamW foreach", "poslab eager, AdamW fused")
-    for name in (*names, "poslab eager", "poslab compiled"):
+    for name in (*names, ROPE_PER_LAYER, "poslab eager", "poslab compiled"):
         if name in options:
             default = f"poslab eager (the default: fused: auto, AdamW {default_optimizer})"
             label = default if name == "poslab eager" else name
@@ -129,13 +137,13 @@ def kernel_table(record: dict) -> list[str]:
     for encoding, row in record["training"].items():
         matmul_flops = 6 * row["matmul_parameters"] * tokens  # the linear layers; attention's are in its kernel
         variants = row["variants"]
-        for variant in (default, "x-transformers"):
+        for variant in (default, ROPE_PER_LAYER, "x-transformers"):
             if "profiled" not in variants.get(variant, {}):
                 continue
             step_ms, kernels = variants[variant]["profiled"]["step_ms"], variants[variant]["profiled"]["kernels_ms"]
             rest = step_ms - sum(kernels.values())
             gflops = matmul_flops / (kernels["matmul"] / 1000) / 1e9 if kernels["matmul"] else float("nan")
-            name = "poslab" if variant == default else variant
+            name = {default: "poslab", ROPE_PER_LAYER: "poslab, RoPE per layer through autograd"}.get(variant, variant)
             lines.append(
                 f"| {encoding} | {name} | {step_ms:.1f} | "
                 + " | ".join(f"{kernels[group]:.1f}" for group in SHARED_KERNELS)
@@ -144,14 +152,16 @@ def kernel_table(record: dict) -> list[str]:
         if "profiled" in variants.get(default, {}) and "x-transformers" in variants:
             ours = variants[default]["profiled"]
             shared_fraction = sum(ours["kernels_ms"].values()) / ours["step_ms"]
-            ratio = variants[default]["median"] / variants["x-transformers"]["median"]
+            paired = record["training"][encoding].get("ratio_to_x_transformers")
+            ratio = paired["median"] if paired else variants[default]["median"] / variants["x-transformers"]["median"]
             ceilings.append(f"{encoding} {ratio / shared_fraction:.2f}x ({shared_fraction:.0%} in them)")
     if not lines:
         return []
     return [
         "## Where a step's time goes",
         "",
-        "Milliseconds per training step, one round of steps under torch.profiler: the step's wall time, "
+        "Milliseconds per training step under torch.profiler, the median of a few rounds of steps "
+        "(interleaved): the step's wall time, "
         "and each op's own time summed by kernel. Both implementations call these kernels with the same "
         "shapes; 'everything else' is the rest of the step (LayerNorm, embedding, loss, optimizer, Python, "
         "the profiler's own cost). Matmul GFLOP/s: the linear layers' 6 N FLOPs per token over the matmul "

@@ -14,7 +14,7 @@ import torch
 from poslab.model.flops import flops_per_token, matmul_parameters
 
 from . import log, synchronize
-from .models import compose_train_config, poslab_model, xt_model
+from .models import RoPEThroughAutograd, compose_train_config, poslab_model, xt_model
 
 # AdamW's implementations besides `fused: auto`
 OPTIMIZER_VARIANTS = [
@@ -22,6 +22,11 @@ OPTIMIZER_VARIANTS = [
     ("AdamW foreach", {"fused": False, "foreach": True}),
     ("AdamW fused", {"fused": True}),
 ]
+# RoPE's tables computed in every layer and its rotation differentiated by autograd (timed beside
+# poslab's RoPE, and profiled)
+ROPE_PER_LAYER = "poslab eager, RoPE per layer through autograd"
+# Profiled rounds per model (median of each figure): one round is too noisy on a shared machine
+PROFILE_ROUNDS = 3
 # Where a step's time goes (a CPU): each op's own time under torch.profiler, by name prefix. Both
 # implementations call these kernels with the same shapes, so poslab's time in them alone bounds
 # how far anything poslab does differently can take its ratio to x-transformers.
@@ -121,6 +126,12 @@ def time_training(args, device, sizes, clock, output_dir: str) -> tuple[dict, di
                 steppers[(encoding, f"poslab eager, {name}")] = Stepper(
                     poslab_model(cfg).model, None, {**optimizer_cfg, **choice}, scheduler_cfg, tokens, device, total
                 )
+            torch.manual_seed(0)
+            per_layer = poslab_model(cfg).model
+            RoPEThroughAutograd.wrap(per_layer.pos_enc)
+            steppers[(encoding, ROPE_PER_LAYER)] = Stepper(
+                per_layer, None, optimizer_cfg, scheduler_cfg, tokens, device, total
+            )
 
     compile_seconds = {}
     for (encoding, variant), stepper in steppers.items():  # warm-up: kernels, allocator, AdamW state, compilation
@@ -130,23 +141,46 @@ def time_training(args, device, sizes, clock, output_dir: str) -> tuple[dict, di
             compile_seconds[encoding] = time.perf_counter() - started
     log(f"warm-up done; {args.repeats} rounds of {args.steps} steps over {len(steppers)} models")
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in steppers}
+    order = list(steppers)
     for round_index in range(args.repeats):
-        for key, stepper in steppers.items():
-            rates[key].append(stepper.tokens_per_second(args.steps, clock))
+        # every other round in reverse: each model runs as often right before as right after its
+        # neighbours, so a machine that speeds up or slows down during a round favours none of them
+        for key in order if round_index % 2 == 0 else reversed(order):
+            rates[key].append(steppers[key].tokens_per_second(args.steps, clock))
         log(f"round {round_index + 1}/{args.repeats}")
     for (encoding, variant), values in rates.items():
         rows[encoding]["variants"][variant] = summary(values)
         if variant == "poslab compiled":
             rows[encoding]["variants"][variant]["compile_s"] = compile_seconds[encoding]
     default = "poslab compiled" if default_compiled and args.compile else "poslab eager"
+    for encoding, row in rows.items():
+        # the ratio round by round: a model and its x-transformers counterpart run next to each
+        # other in every round, so the round's ratio cancels what the machine did in between
+        if (encoding, "x-transformers") in rates:
+            ours, theirs = rates[(encoding, default)], rates[(encoding, "x-transformers")]
+            row["ratio_to_x_transformers"] = summary([a / b for a, b in zip(ours, theirs, strict=True)])
     meta = {"default_variant": default, "compile_auto_here": default_compiled}
     if args.profile and device.type == "cpu":
         log("profiling a step of each implementation")
-        for (encoding, variant), stepper in steppers.items():
-            if variant in (default, "x-transformers"):
-                rows[encoding]["variants"][variant]["profiled"] = kernel_times(stepper, args.steps)
+        profiled = [key for key in steppers if key[1] in (default, "x-transformers", ROPE_PER_LAYER)]
+        rounds = 1 if args.quick else PROFILE_ROUNDS
+        times: dict[tuple[str, str], list[dict]] = {key: [] for key in profiled}
+        for round_index in range(rounds):  # interleaved, every other round in reverse, as the timed rounds
+            for key in profiled if round_index % 2 == 0 else reversed(profiled):
+                times[key].append(kernel_times(steppers[key], args.steps))
+        for (encoding, variant), measured in times.items():
+            rows[encoding]["variants"][variant]["profiled"] = median_profile(measured)
     del steppers
     return rows, meta
+
+
+def median_profile(measured: list[dict]) -> dict:
+    """The median over profiled rounds of the step time and of each kernel group's time."""
+    return {
+        "step_ms": statistics.median(m["step_ms"] for m in measured),
+        "kernels_ms": {group: statistics.median(m["kernels_ms"][group] for m in measured) for group in SHARED_KERNELS},
+        "rounds": len(measured),
+    }
 
 
 def kernel_times(stepper: Stepper, steps: int) -> dict:

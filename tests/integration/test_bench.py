@@ -12,6 +12,7 @@ import torch
 
 import poslab.training.optim
 from helpers import REPOSITORY
+from poslab.encodings import RoPE
 from poslab.model import GPT
 from poslab.training import LitGPT
 from poslab.training.optim import build_optimizer, compile_enabled, fused_adamw_supported
@@ -67,6 +68,10 @@ def test_quick_bench_writes_a_table_and_json_with_every_section(tmp_path):
                 assert all(ms > 0 for ms in kernels.values()) and sum(kernels.values()) < profiled["step_ms"], kernels
     options = record["training"]["rope"]["variants"]
     assert {"poslab eager, AdamW for-loop", "poslab eager, AdamW foreach"} <= set(options)
+    assert "profiled" in options["poslab eager, RoPE per layer through autograd"]
+    if has_x_transformers():
+        paired = record["training"]["rope"]["ratio_to_x_transformers"]
+        assert len(paired["rounds"]) == 1 and paired["median"] > 0
     assert record["lightning"]["trainer_fit"]["median"] > 0 and record["lightning"]["compiled"] is False
 
     for encoding, by_length in record["evaluation"].items():
@@ -172,3 +177,22 @@ def test_evaluation_worker_reports_its_own_peak_memory():
     (cell,) = evaluation.eval_in_subprocess([spec], threads=1)
     assert cell["status"] == "ok" and cell["tokens_per_s"] > 0
     assert cell["peak_bytes"] >= 16 * 2**20, cell
+
+
+def test_the_per_layer_rope_it_is_timed_against_gives_the_same_numbers():
+    """The benchmark's 'RoPE per layer through autograd' (tables in every layer, autograd through
+    x cos + rotate_half(x) sin) is the same model as poslab's RoPE: logits and gradients to the bit."""
+    models = benchlib().models
+
+    def logits_and_grads(wrap: bool):
+        torch.manual_seed(0)
+        model = GPT(vocab_size=64, n_layer=2, n_head=4, n_embd=64, pos_enc=RoPE(64, 4))
+        if wrap:
+            models.RoPEThroughAutograd.wrap(model.pos_enc)
+        tokens = torch.randint(0, 64, (3, 33), generator=torch.Generator().manual_seed(1))
+        logits = model(tokens[:, :-1])
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        return logits, [p.grad for p in model.parameters()]
+
+    (ours, our_grads), (theirs, their_grads) = logits_and_grads(False), logits_and_grads(True)
+    assert torch.equal(ours, theirs) and all(torch.equal(a, b) for a, b in zip(our_grads, their_grads, strict=True))
