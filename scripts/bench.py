@@ -65,6 +65,19 @@ from benchlib.record import markdown  # noqa: E402
 from benchlib.training import time_lightning, time_training  # noqa: E402
 
 
+def without_out(argv: list[str]) -> list[str]:
+    """The command line as recorded: where the record was written (--out) is not part of it."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return kept
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes, one round: checks every path in seconds")
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     started = _dt.datetime.now()
     record = {
         "started": started.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([Path(sys.argv[0]).name, *without_out(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "device": device.type,
         "clock": "cpu (process time)" if clock is time.process_time else "wall",
