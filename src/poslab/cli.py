@@ -15,7 +15,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from poslab.config.command_line import check_group_overrides
+from poslab.config.command_line import (
+    check_group_overrides,
+    check_log_folder,
+    check_output_folder,
+    check_setting_names,
+    value_given,
+)
 from poslab.errors import ConfigError, require_file
 
 log = logging.getLogger("poslab")
@@ -30,13 +36,23 @@ def folders_before(argv: list[str]) -> set[Path]:
     return {folder for folder in candidates if folder.exists()}
 
 
-def check_command_line(prog: str, argv: list[str]) -> None:
-    """Check config-group names on the command line before Hydra, torch or Lightning load, so a
-    typo is answered in a second, in one line."""
+def check_command_line(prog: str, argv: list[str], config_name: str) -> None:
+    """Check config-group values and setting names on the command line, and the log folder, before
+    torch or Lightning load, so a typo is answered in a second or two, in one line."""
     try:
         check_group_overrides(argv)
+        check_setting_names(argv, config_name, prog)
+        check_log_folder(argv)
     except ConfigError as error:
         fail(prog, str(error))
+
+
+HELP_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c", "--shell-completion", "-sc")
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Hydra's own answers (help, the composed config): they run nothing, so nothing is checked."""
+    return any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv)
 
 
 def require(prog: str, path: str, key: str) -> None:
@@ -75,18 +91,18 @@ def _saved_run_group(folder: Path) -> str | None:
     return None
 
 
-def value_given(argv: list[str], key: str) -> str | None:
-    """The last value given on the command line to `key` (or `+key`), None if it is not there."""
-    values = [a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+") == key]
-    return values[-1] if values else None
-
-
 def check_train_command_line(prog: str, argv: list[str]) -> list[str]:
     """init_from names a checkpoint that must exist (its context names the run's context), and
     the extension experiment needs one."""
     init_from = value_given(argv, "init_from")
     if init_from not in (None, "", "null"):
         require(prog, init_from, "init_from")
+        from poslab.records.checkpoints import checkpoint_config  # torch: only when a checkpoint is given
+
+        try:
+            checkpoint_config(init_from, key="init_from")  # a text file or a damaged checkpoint, in one line
+        except ConfigError as error:
+            fail(prog, str(error))
     if "experiment=extend_finetune" in argv and init_from is None:
         fail(prog, "experiment=extend_finetune continues a checkpoint: give init_from=RUN/checkpoints/last.ckpt")
     return resume_command_line(prog, argv)
@@ -116,6 +132,7 @@ def resume_command_line(prog: str, argv: list[str]) -> list[str]:
         location = [f"hydra.run.dir={_hydra_quote(str(folder))}"]
     else:
         fail(prog, f"resume={folder}: not a run or sweep folder (no .hydra/overrides.yaml or multirun.yaml inside)")
+    check_checkpoints_to_resume(prog, folder)
     group = _saved_run_group(folder)
     kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "run_group="))]
     extra = [f"run_group={_hydra_quote(group)}"] if group else []
@@ -123,20 +140,47 @@ def resume_command_line(prog: str, argv: list[str]) -> list[str]:
     return [*location, *kept, *extra]
 
 
-def run_console_script(prog: str, load_entry_point: Callable, argv_rewrite: Callable | None = None) -> None:
+def check_checkpoints_to_resume(prog: str, folder: Path) -> None:
+    """Every checkpoint resume= would continue (a job without finished results) must be readable:
+    a damaged one is said before Hydra writes anything in the folder."""
+    from poslab.records.checkpoints import LAST_CHECKPOINT, resumable_checkpoint
+    from poslab.records.results import FILENAME, read_results
+
+    for checkpoint in sorted(folder.rglob(str(LAST_CHECKPOINT))):
+        job = checkpoint.parent.parent
+        try:
+            if read_results(job / FILENAME)["status"] == "ok":
+                continue  # finished: reused, its checkpoint is not read
+        except (OSError, ValueError, KeyError):
+            pass
+        try:
+            resumable_checkpoint(checkpoint)
+        except ConfigError as error:
+            fail(prog, str(error))
+
+
+def run_console_script(
+    prog: str, config_name: str, load_entry_point: Callable, argv_rewrite: Callable | None = None
+) -> None:
     """Check the command line, run the Hydra entry point, and exit 1 if a sweep had failed jobs.
     The entry point is loaded after the checks, so a typo is answered before torch loads."""
     argv = sys.argv[1:]
-    check_command_line(prog, argv)
+    if not wants_help(argv):
+        check_command_line(prog, argv, config_name)
     existing = folders_before(argv)
-    if argv_rewrite is not None:
+    if argv_rewrite is not None and not wants_help(argv):
         argv = argv_rewrite(prog, argv)
+        try:
+            check_output_folder(argv, prog)
+        except ConfigError as error:
+            fail(prog, str(error))
     sys.argv = [sys.argv[0], *argv]
     entry_point = load_entry_point()
     from poslab.commands import job
     from poslab.commands.report import sweep_problems
 
     job.FOLDERS_BEFORE = existing
+    job.PROG = prog
     entry_point()
     problems = sweep_problems()
     if problems:
@@ -164,7 +208,7 @@ def train_main() -> None:
 
         return hydra_main
 
-    run_console_script("poslab-train", entry_point, check_train_command_line)
+    run_console_script("poslab-train", "train", entry_point, check_train_command_line)
 
 
 def eval_main() -> None:
@@ -175,7 +219,7 @@ def eval_main() -> None:
 
         return hydra_main
 
-    run_console_script("poslab-eval", entry_point, check_eval_command_line)
+    run_console_script("poslab-eval", "eval", entry_point, check_eval_command_line)
 
 
 def inspect_main() -> None:
@@ -193,7 +237,7 @@ def inspect_main() -> None:
             require(prog, ckpt_path, "ckpt_path")
         return argv
 
-    run_console_script("poslab-inspect", entry_point, check_checkpoint)
+    run_console_script("poslab-inspect", "inspect", entry_point, check_checkpoint)
 
 
 def report_main() -> None:

@@ -218,6 +218,8 @@ def test_one_checkpoint_under_several_variants(monkeypatch, capfd, tmp_path, rop
     (path,) = find_results(tmp_path)
     results = read_results(path)
     assert results["run"]["variants"] == variants and results["run"]["trained_as"] == "rope"
+    # its folder names every variant, as poslab-inspect's does
+    assert path.parent.name.split("_rope_abc123_")[1].startswith("rope+rope_pi+rope_ntk+rope_yarn+rope_llama3_")
     for variant in variants:  # each variant keeps its own CSV log
         assert (path.parent / "csv" / variant / "hparams.yaml").is_file()
     loss = {(row["variant"], row["eval_length"]): row["loss"] for row in results["extrapolation"]}
@@ -245,11 +247,12 @@ def test_extend_finetune_from_a_checkpoint(tmp_path, text_corpus):
             [sys.executable, "-m", "poslab", "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr[-3000:]
+        return out
 
     base = tmp_path / "base"
     poslab_train(*data, *model, *evaluation, "data.context=16", "trainer.max_steps=20", f"hydra.run.dir={base}")
     ckpt = base / "checkpoints" / "last.ckpt"
-    poslab_train(
+    sweep = poslab_train(
         "experiment=extend_finetune",
         f"init_from={ckpt}",
         *data,
@@ -270,6 +273,9 @@ def test_extend_finetune_from_a_checkpoint(tmp_path, text_corpus):
     assert [r["loss"] for r in jobs["rope", 0]["extrapolation"]] == [r["loss"] for r in own["extrapolation"]]
     report = next((tmp_path / "logs" / "multirun").iterdir()) / "report.md"
     assert "| rope (trainer.max_steps=0) |" in report.read_text()
+    # the log says of a zero-shot job what its table does: trained at 16
+    assert re.search(r"rope: \d+ parameters, trained at 16, scored as it is \(zero-shot\)", sweep.stdout)
+    assert re.search(r"rope: \d+ parameters, training context 64", sweep.stdout)
 
 
 def test_the_readme_worked_example_of_a_new_encoding(monkeypatch, tmp_path, text_corpus):

@@ -48,7 +48,21 @@ BAD_TRAIN_INPUT = [
         "data/tokenizer=bpe data.context=32 eval.lengths=[32] data.passkey_mix=0.5",
         "data.passkey_mix=0.5 needs the byte tokenizer",
     ),
-    ("+model.net.attention=fast", "model.net.attention=fast: allowed: auto, sdpa, flex, chunked"),
+    ("model.net.attention=fast", "model.net.attention=fast: allowed: auto, sdpa, flex, chunked"),
+    ("+model.net.attention=sdpa", "+model.net.attention: model.net.attention is a setting already; give"),
+    ("pos_encc=rope", "pos_encc: not a setting of poslab-train; did you mean pos_enc"),
+    ("trainer.max_step=20", "trainer.max_step: not a setting of poslab-train; did you mean trainer.max_steps"),
+    ("data.contxt=64", "data.contxt: not a setting of poslab-train; did you mean data.context"),
+    ("model.net.n_layers=2", "model.net.n_layers: not a setting of poslab-train; did you mean model.net.n_layer"),
+    (
+        "model.nett.n_layer=2",
+        "model.nett.n_layer: no setting model.nett in poslab-train's config; did you mean model.net",
+    ),
+    ("data/tokenizer=bpee", "data/tokenizer=bpee: unknown; available: bpe, bytes, gpt2"),
+    ("model.optimizer.lr=-1", "model.optimizer.lr must be a positive number, got -1"),
+    ("model.optimizer.betas=[0.9,1.5]", "model.optimizer.betas must be two numbers in [0, 1), got [0.9, 1.5]"),
+    ("model.scheduler.min_lr_ratio=2", "model.scheduler.min_lr_ratio must be in [0, 1], got 2"),
+    ("ckpt_path=some.ckpt", "ckpt_path is not a poslab-train setting: to continue a killed run use"),
     ("model.compile=maybe", "model.compile=maybe: allowed: auto, true, false"),
     ("pos_enc=learned pos_enc.max_length=8", "data.context=16 cannot be trained with pos_enc: Learned has"),
     ("pos_enc=rope model.net.n_embd=30 model.net.n_head=2", "even head size"),
@@ -79,8 +93,9 @@ def test_bad_input_table(monkeypatch, capfd, tmp_path, text_corpus, bad_input, m
     status = run_console(monkeypatch, cli.train_main, *tiny_train_args(text_corpus, log_dir), *bad_input.split())
     out, err = capfd.readouterr()
     assert status == 2
-    lines = [line for line in (out + err).splitlines() if message in line]
-    assert len(lines) == 1, out + err
+    lines = [line for line in err.splitlines() if message in line]  # on stderr, as the front door's
+    assert len(lines) == 1 and lines[0].startswith("poslab-train: error: "), out + err
+    assert message not in out
     assert not log_dir.exists() or not any(log_dir.rglob("*")), sorted(log_dir.rglob("*"))
 
 
@@ -101,7 +116,7 @@ def test_a_job_that_raises_records_its_traceback(monkeypatch, capfd, tmp_path, t
     traceback_text = (path.parent / TRACEBACK_FILENAME).read_text()
     assert traceback_text.startswith("Traceback (most recent call last)") and "check_length" in traceback_text
     assert results["run"]["pos_enc"] == "broken" and results["config"]["pos_enc"]["_target_"] == "torch.nn.Identity"
-    assert "traceback: " in capfd.readouterr().out
+    assert "traceback: " in capfd.readouterr().err
 
 
 def test_divergence_is_recorded_not_scored(monkeypatch, tmp_path, text_corpus):

@@ -1,6 +1,7 @@
 """A tiny multirun over every encoding, end to end: results.json per job, an offline wandb run
 per job, and the report written by the Hydra callback when the sweep ends."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def test_multirun_over_all_encodings(tmp_path, text_corpus):
         assert f"| {name} |" in report
     assert "| learned | " in report and "unsupported" in report
     assert "| encoding |" in out.stdout  # the table is printed at the end of the sweep
+    # what every job would repeat is said once, by the first, and the libraries' tips not at all
+    printed = out.stdout + out.stderr
+    assert printed.count("GPU available") <= 1 and printed.count("Total params") <= 1
+    for noise in ("Run history", "anonymous setting", "Tip:", "weights_only", "LeafSpec", "Downloading data"):
+        assert noise not in printed, noise
+    assert printed.count("wandb: offline run in ") == len(encodings)  # one line per job says where its run is
+    assert re.search(r"nonoverlapping length 64: \d+ forward passes of 64 tokens", printed)  # progress per length
 
 
 def test_report_command_on_a_folder_without_results(tmp_path, capsys):

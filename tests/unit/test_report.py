@@ -286,6 +286,12 @@ def test_fast_dev_run_jobs_are_left_out_with_a_note(tmp_path):
     assert [line.split(" | ")[0] for line in table_lines(text)[1:]] == ["| rope"]
     assert "Left out of the table: 1 fast_dev_run job(s), which check wiring: 1_alibi_s0." in text
 
+    only = tmp_path / "only_wiring"
+    job(only, "0_rope_s0", settings={"trainer.fast_dev_run": True})
+    text = write_report(only).path.read_text()
+    assert "No plot: the only measured jobs are 1 fast_dev_run job(s), left out." in text
+    assert "finite perplexity" not in text
+
 
 def test_unreadable_results_are_listed_with_the_reason(tmp_path):
     job(tmp_path, "0_rope_s0")
@@ -296,6 +302,8 @@ def test_unreadable_results_are_listed_with_the_reason(tmp_path):
     (tmp_path / "3_nan" / "results.json").write_text(good.replace('"ppl": 4.0', '"ppl": NaN'))
     (tmp_path / "4_other").mkdir()
     (tmp_path / "4_other" / "results.json").write_text(json.dumps({"schema": "other/1"}))
+    (tmp_path / "5_null").mkdir()  # a row marked ok whose perplexity is not a number
+    (tmp_path / "5_null" / "results.json").write_text(good.replace('"ppl": 4.0', '"ppl": null'))
 
     result = write_report(tmp_path)
 
@@ -306,6 +314,7 @@ def test_unreadable_results_are_listed_with_the_reason(tmp_path):
     assert result.problems[1:] == [
         "3_nan/results.json: unreadable: non-standard JSON number NaN",
         "4_other/results.json: unreadable: schema 'other/1' is not 'poslab.results/2'",
+        "5_null/results.json: unreadable: the row at 16 is ok but its ppl is None, not a number",
     ]
     text = result.path.read_text()
     assert "## Problems\n- 2_truncated/results.json: unreadable: not valid JSON: Expecting" in text
@@ -461,9 +470,14 @@ def test_report_command_exit_status(tmp_path, capsys):
     assert "0_rope_s0: failed: RuntimeError: boom" in capsys.readouterr().out
 
     (tmp_path / "empty").mkdir()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as no_results:
         main([str(tmp_path / "empty")])
     assert no_results.value.code == 1
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.strip().splitlines() == [
+        f"poslab-report: error: no results.json under {tmp_path / 'empty'}"
+    ]
 
     with pytest.raises(SystemExit) as not_a_folder:
         main([str(tmp_path / "missing")])

@@ -18,11 +18,17 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poslab.commands.job import config_dirs, guarded_job
+from poslab.commands.job import config_dirs, guarded_job, keep_output_short
 from poslab.commands.scoring import load_heldout, score, score_passkey
 from poslab.config import CONFIG_DIR, load_choice
 from poslab.config.resolvers import register_resolvers
-from poslab.config.validate import check_eval_config, check_same_family, check_tokenizer_config, eval_variants
+from poslab.config.validate import (
+    check_encoding_target,
+    check_eval_config,
+    check_same_family,
+    check_tokenizer_config,
+    eval_variants,
+)
 from poslab.errors import ConfigError
 from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
 from poslab.records.console import write_and_show
@@ -48,6 +54,7 @@ def load_variant(checkpoint: dict, name: str, encoding: DictConfig | None, sever
     """The checkpoint's model under one variant (its own encoding when `encoding` is None)."""
     try:
         if encoding is not None:
+            check_encoding_target(encoding)
             check_same_family(checkpoint, encoding["_target_"], config_dirs=config_dirs())
         return LitGPT.from_checkpoint(checkpoint, encoding)
     except ConfigError as error:
@@ -57,6 +64,7 @@ def load_variant(checkpoint: dict, name: str, encoding: DictConfig | None, sever
 def evaluate(cfg: DictConfig) -> dict:
     """Score one checkpoint under each requested variant, all on the same held-out tokens; one
     results.json whose rows carry their variant, one wandb run per variant."""
+    keep_output_short()
     variants = requested_variants(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     # load every variant before scoring any: one that does not fit is refused up front

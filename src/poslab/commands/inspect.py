@@ -28,7 +28,13 @@ from poslab.commands.scoring import load_heldout
 from poslab.config import CONFIG_DIR, load_choice
 from poslab.config.registry import encodings_of_family
 from poslab.config.resolvers import register_resolvers
-from poslab.config.validate import check_inspect_config, check_same_family, inspect_lengths, inspect_variants
+from poslab.config.validate import (
+    check_encoding_target,
+    check_inspect_config,
+    check_same_family,
+    inspect_lengths,
+    inspect_variants,
+)
 from poslab.diagnostics.attention import attention_profile
 from poslab.diagnostics.describe import Description, describe_attention, describe_encoding, describe_rotary_members
 from poslab.diagnostics.plots import attention_by_variant_figure
@@ -75,6 +81,7 @@ def load_variants(cfg: DictConfig, checkpoint: dict) -> tuple[dict, DictConfig]:
     for name, encoding in requested or [(None, None)]:
         try:
             if encoding is not None:
+                check_encoding_target(encoding)
                 check_same_family(checkpoint, encoding["_target_"], config_dirs=config_dirs())
             lit, run_cfg = LitGPT.from_checkpoint(checkpoint, encoding)
         except ConfigError as error:
@@ -114,6 +121,7 @@ def inspect(cfg: DictConfig) -> dict:
     else:
         train_context = int(cfg.data.context)
         torch.manual_seed(cfg.seed)
+        check_encoding_target(cfg.pos_enc)
         encodings = {cfg.pos_enc_name: build_encoding(cfg, cfg.pos_enc)}
         geometry_cfg, trained = cfg, False
 

@@ -25,6 +25,22 @@ log = logging.getLogger("poslab")
 # Folders that existed before this command ran (the console script sets them, cli.py): removing
 # a rejected run's folder never removes one of them, even if it is empty.
 FOLDERS_BEFORE: set[Path] | None = None
+# The console script's name, for its one-line errors (cli.py sets it)
+PROG = "poslab"
+
+
+# Jobs of this process's sweep that were refused in a folder whose finished run they kept: no
+# file says so, so the sweep's report adds them to its problems (commands/report.py).
+_refused: list[str] = []
+
+
+def refused_jobs() -> list[str]:
+    return list(_refused)
+
+
+def say_error(message: str) -> None:
+    """One line on stderr, as the console scripts' front door writes its refusals."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
 def guarded_job(task: str) -> Callable:
@@ -42,16 +58,18 @@ def guarded_job(task: str) -> Callable:
             try:
                 results = function(cfg)
             except (ConfigError, CorpusUnavailableError) as error:
-                log.error("%s", error)
+                say_error(str(error))
                 if in_sweep:
-                    record_failure(cfg, output_dir, error, task=task)
+                    if record_failure(cfg, output_dir, error, task=task) is None:  # a finished run kept
+                        _refused.append(f"{output_dir}: refused, the finished run in it kept: {error}")
                     return None
                 remove_rejected_run_folder(output_dir)
                 sys.exit(2)
             except Exception as error:
                 path = record_failure(cfg, output_dir, error, task=task)
                 first_line = str(error).splitlines()[0] if str(error) else ""
-                log.error("%s: %s (traceback: %s)", type(error).__name__, first_line, path.with_name("traceback.txt"))
+                where = f" (traceback: {path.with_name('traceback.txt')})" if path else ""
+                say_error(f"{type(error).__name__}: {first_line}{where}")
                 if in_sweep:
                     return None
                 sys.exit(1)
@@ -62,6 +80,47 @@ def guarded_job(task: str) -> Callable:
         return wrapper
 
     return decorator
+
+
+class _WithoutLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("\U0001f4a1 Tip:")
+
+
+# what the libraries print in every job that a user does not need: Lightning's "weights_only was not
+# set" on every checkpoint, and a deprecation inside Lightning itself
+_QUIET_LOGGERS = ("pytorch_lightning.trainer.connectors.checkpoint_connector",)
+_QUIET_WARNINGS = (".*isinstance.treespec, LeafSpec.*",)
+# what repeats in every job of a sweep: said once, by the first job (the hardware Lightning found,
+# "Seed set to", "Trainer.fit stopped")
+_FIRST_JOB_LOGGERS = (
+    "pytorch_lightning.utilities.rank_zero",
+    "lightning_fabric.utilities.rank_zero",
+    "lightning_fabric.utilities.seed",
+)
+
+
+def keep_output_short() -> bool:
+    """Quiet what the libraries repeat; returns whether this is the first job of its command (the
+    one that still says what the others would repeat, model summary included)."""
+    import warnings
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        first = int(HydraConfig.get().job.get("num") or 0) == 0
+    except ValueError:  # not under Hydra (a test, a notebook): one job
+        first = True
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _WithoutLightningTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_WithoutLightningTips())
+    for name in _FIRST_JOB_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if first else logging.WARNING)
+    return first
 
 
 def config_dirs() -> list[str]:

@@ -62,6 +62,15 @@ def score(
         batch_tokens=settings.batch_tokens,
         device=device,
         scored_bytes=scored_bytes,
+        starting=lambda protocol, length, stride, windows: log.info(
+            "  %s length %d%s: %d forward passes of %d tokens (%s tokens)...",
+            protocol,
+            length,
+            f", stride {stride}" if protocol == "sliding" else "",
+            windows,
+            length,
+            f"{windows * length:,}",
+        ),
         progress=lambda row: log.info(
             "  %s length %d: %s",
             row.protocol,

@@ -21,13 +21,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poslab.commands.job import config_dirs, guarded_job
+from poslab.commands.job import config_dirs, guarded_job, keep_output_short, say_error
 from poslab.commands.scoring import score_and_record
 from poslab.config import CONFIG_DIR
 from poslab.config.resolvers import register_resolvers
 from poslab.config.validate import check_init_from, check_train_config
 from poslab.errors import ConfigError
-from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint
+from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint, resumable_checkpoint
 from poslab.records.loggers import finish_wandb, make_loggers
 from poslab.records.results import FILENAME, build_results, config_differences, read_results, write_results
 from poslab.training import DivergedError, LitGPT
@@ -98,7 +98,7 @@ def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path |
             return earlier, None, None
     checkpoint = output_dir / LAST_CHECKPOINT
     if checkpoint.is_file():
-        saved = read_checkpoint(checkpoint, key="resume")
+        saved = resumable_checkpoint(checkpoint)
         differ = config_differences(saved.get(CONFIG_KEY), resolved, ignore_seed=False)
         if differ:
             raise ConfigError(
@@ -129,6 +129,7 @@ def log_resumed_attempt_apart(cfg: DictConfig, step: int) -> None:
 
 def train(cfg: DictConfig) -> dict | None:
     """Train, evaluate, write results.json; returns the results (None on non-zero DDP ranks)."""
+    first_job = keep_output_short()
     output_dir = Path(cfg.paths.output_dir)
     datamodule, lit, settings, heldout, initial = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -141,11 +142,17 @@ def train(cfg: DictConfig) -> dict | None:
         log_resumed_attempt_apart(cfg, resumed_step)
         log.info("resuming from %s at step %d", resume_from, resumed_step)
     lit.run_config = resolved
+    zero_shot = bool(cfg.get("init_from")) and cfg.trainer.max_steps == 0
+    context = (
+        f"trained at {cfg.original_context}, scored as it is (zero-shot)"
+        if zero_shot
+        else f"training context {cfg.data.context}"
+    )
     log.info(
-        "%s: %d parameters, training context %d, eval lengths %s",
+        "%s: %d parameters, %s, eval lengths %s",
         cfg.pos_enc_name,
         lit.model.num_parameters(),
-        cfg.data.context,
+        context,
         list(settings.lengths),
     )
     run = {
@@ -163,15 +170,19 @@ def train(cfg: DictConfig) -> dict | None:
         for logger in loggers:
             logger.log_hyperparams({"config": resolved, "data": _summary(datamodule.fingerprint)})
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-        trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        summary = {} if first_job else {"enable_model_summary": False}  # the first job shows the model
+        trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **summary)
         started = time.perf_counter()
-        zero_shot = cfg.get("init_from") and cfg.trainer.max_steps == 0
         if not zero_shot:
             try:
                 trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
             except DivergedError as error:
                 log.error("%s", error)
                 return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
+            except SystemExit:  # Lightning's answer to Ctrl-C, after its graceful shutdown
+                if trainer.interrupted:
+                    say_interrupted(trainer, output_dir)
+                raise
         wall_time = time.perf_counter() - started
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run and not zero_shot:
@@ -214,6 +225,17 @@ def train(cfg: DictConfig) -> dict | None:
         )
     finally:
         finish_wandb()
+
+
+def say_interrupted(trainer: pl.Trainer, output_dir: Path) -> None:
+    """Which step the last checkpoint holds, and the command that continues from it."""
+    checkpoint = output_dir / LAST_CHECKPOINT
+    try:
+        step = read_checkpoint(checkpoint, key="resume")["global_step"] if checkpoint.is_file() else None
+    except ConfigError:
+        step = None
+    held = f"{checkpoint} holds step {step}" if step is not None else "no checkpoint was written yet"
+    say_error(f"interrupted at step {trainer.global_step}; {held}; continue with: poslab-train resume={output_dir}")
 
 
 def record_divergence(error: DivergedError, trainer, cfg, run, resolved, datamodule, lit, output_dir) -> dict | None:

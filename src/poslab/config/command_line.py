@@ -1,10 +1,16 @@
-"""Checks of a command line made before Hydra, torch or Lightning load, so a typo is answered in a
-second, in one line: a config group's value (`pos_enc=rop`) and a sweep launcher's plugin."""
+"""Checks of a command line made before torch or Lightning load and before Hydra writes anything,
+so a typo is answered in a second or two, in one line: a config group's value (`pos_enc=rop`,
+`data/tokenizer=bpee`), a setting's name (`trainer.max_step=20`, with the closest ones), a sweep
+launcher's plugin, a log folder that cannot be written, and a run or sweep folder that holds the
+work of another command."""
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import os
 import re
+from pathlib import Path
 
 from poslab.config import CONFIG_DIR, available
 from poslab.errors import ConfigError
@@ -52,8 +58,8 @@ def check_launcher_plugin(launcher: str) -> None:
 
 def check_group_overrides(argv: list[str], config_dir: str = CONFIG_DIR) -> None:
     """`pos_enc=rop` should say which encodings exist. Hydra would also refuse it, but in a
-    multi-line message after start-up; this checks plain `group=a,b` overrides up front, and that
-    a launcher's plugin is installed."""
+    multi-line message after start-up; this checks `group=a,b` overrides up front (a nested group
+    too: data/tokenizer=bpe), and that a launcher's plugin is installed."""
     extra_dirs = _extra_config_dirs(argv)
     if extra_dirs is None:
         return
@@ -62,7 +68,7 @@ def check_group_overrides(argv: list[str], config_dir: str = CONFIG_DIR) -> None
         key = key.lstrip("+~")
         if key == "hydra/launcher" and sep:
             check_launcher_plugin(value.strip())
-        if not sep or key.startswith("-") or "." in key or "/" in key or value in ("null", ""):
+        if not sep or key.startswith(("-", "hydra")) or "." in key or value in ("null", ""):
             continue
         if _SWEEP_SYNTAX.match(value):
             continue
@@ -72,3 +78,158 @@ def check_group_overrides(argv: list[str], config_dir: str = CONFIG_DIR) -> None
         unknown = [v for v in value.split(",") if v.strip() not in names]
         if unknown:
             raise ConfigError(f"{key}={','.join(unknown)}: unknown; available: {', '.join(names)}")
+
+
+# A setting that belongs to another command: what to type instead.
+OTHER_COMMANDS = {
+    ("train", "ckpt_path"): "to continue a killed run use poslab-train resume=RUN_DIR; to score a checkpoint "
+    "use poslab-eval ckpt_path=...",
+}
+
+
+def check_setting_names(argv: list[str], config_name: str, prog: str, config_dir: str = CONFIG_DIR) -> None:
+    """Every `key=value` override names a setting the command's config has (Hydra's own refusal is
+    a page, after start-up): the config is composed with the command line's group choices, and a
+    key that is not in it is answered with the closest ones. `+key=` adds a key on purpose and is
+    left to the checks of the composed config."""
+    extra_dirs = _extra_config_dirs(argv)
+    if extra_dirs is None:
+        return
+    keys = [o.partition("=")[0] for o in argv if "=" in o and not o.startswith(("-", "+", "~"))]
+    keys = [k for k in keys if not k.startswith("hydra.") and not k.startswith("hydra/") and k != "resume"]
+    added = [o.partition("=")[0][1:] for o in argv if "=" in o and o.startswith("+") and not o.startswith("++")]
+    added = [k for k in added if "." in k and not k.startswith("hydra")]
+    if not keys and not added:
+        return
+    folders = (config_dir, *extra_dirs)
+    groups = [k for k in keys if "." not in k and ("/" in k or available(k, folders))]
+    settings = [k for k in keys if k not in groups]
+    if not settings and not added:
+        return
+    composed = _compose(config_name, [o for o in argv if o.partition("=")[0] in groups], folders)
+    if composed is None:
+        return  # something this check cannot follow: Hydra will say it
+    for key in added:  # Hydra refuses to add what is there already, in a page
+        parent_key, _, name = key.rpartition(".")
+        if _has(_select(composed, parent_key), name):
+            raise ConfigError(f"+{key}: {key} is a setting already; give {key}=VALUE (without the +)")
+    for key in settings:
+        if (config_name, key) in OTHER_COMMANDS:
+            raise ConfigError(f"{key} is not a {prog} setting: {OTHER_COMMANDS[config_name, key]}")
+        parent_key, _, name = key.rpartition(".")
+        parent = _select(composed, parent_key)
+        if parent is None:
+            missing = _first_missing(composed, key)
+            raise ConfigError(f"{key}: no setting {missing} in {prog}'s config{_closest(composed, missing)}")
+        if not _has(parent, name):
+            raise ConfigError(f"{key}: not a setting of {prog}{_closest(composed, key)}")
+
+
+def _compose(config_name: str, overrides: list[str], folders: tuple[str, ...]):
+    """The command's config composed with these group overrides (sweep values: the first), or None."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    chosen = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if _SWEEP_SYNTAX.match(value):
+            continue  # glob(*) and the like: the default choice has the same keys
+        chosen.append(f"{key}={value.split(',')[0]}")
+    search = [f"hydra.searchpath=[{','.join('file://' + str(Path(f).resolve()) for f in folders[1:])}]"]
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(Path(folders[0]).resolve()), version_base="1.3"):
+            return compose(config_name=config_name, overrides=[*chosen, *(search if folders[1:] else [])])
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _has(node, key: str) -> bool:
+    # keys(), not `in`: a value still to be given (???) is a setting all the same
+    return hasattr(node, "keys") and key in list(node.keys())
+
+
+def _select(config, dotted: str):
+    node = config
+    for part in dotted.split(".") if dotted else []:
+        if not _has(node, part):
+            return None
+        node = node._get_node(part) if hasattr(node, "_get_node") else node[part]
+    return node
+
+
+def _first_missing(config, dotted: str) -> str:
+    """The first part of a dotted key that the config does not have, as a dotted prefix."""
+    parts = dotted.split(".")
+    for i in range(1, len(parts) + 1):
+        if _select(config, ".".join(parts[:i])) is None:
+            return ".".join(parts[:i])
+    return dotted
+
+
+def _closest(config, dotted: str) -> str:
+    """'; did you mean a.b?' with the settings whose names are closest, among the siblings."""
+    parent_key, _, name = dotted.rpartition(".")
+    parent = _select(config, parent_key)
+    siblings = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+    close = difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
+    prefix = f"{parent_key}." if parent_key else ""
+    if close:
+        return "; did you mean " + " or ".join(f"{prefix}{c}" for c in close) + "?"
+    return f"; {prefix or 'the top-level '}settings: " + ", ".join(sorted(siblings)) if siblings else ""
+
+
+def check_log_folder(argv: list[str]) -> None:
+    """paths.log_dir (or POSLAB_LOG_DIR) must be a folder this user can write in, or create."""
+    given = value_given(argv, "paths.log_dir")
+    folder = Path(given or os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
+    key = "paths.log_dir" if given else ("POSLAB_LOG_DIR" if os.environ.get("POSLAB_LOG_DIR") else "paths.log_dir")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={folder}: {existing} cannot be written (read-only or not yours); give another folder")
+
+
+def value_given(argv: list[str], key: str) -> str | None:
+    """The last value given on the command line to `key` (or `+key`), None if it is not there."""
+    values = [a.split("=", 1)[1] for a in argv if "=" in a and a.split("=", 1)[0].lstrip("+") == key]
+    return values[-1] if values else None
+
+
+def _command_of(overrides: list[str]) -> list[str]:
+    """The overrides that make a run what it is: not Hydra's own (where it goes, how it launches),
+    nor the wandb group it is labelled with."""
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra", "run_group=")))
+
+
+def check_output_folder(argv: list[str], prog: str) -> None:
+    """hydra.run.dir=DIR or hydra.sweep.dir=DIR naming a folder that holds another command's run or
+    sweep is refused before Hydra writes its .hydra/ files or multirun.yaml there: the run in it
+    is kept as it is. The same command again (as resume= gives it) continues it."""
+    from poslab.records.hydra_files import JOB_OVERRIDES, SWEEP_FILE, job_overrides, sweep_command
+
+    command = _command_of([a for a in argv if "=" in a and not a.startswith("-")])
+    for key, recorded_file in (("hydra.sweep.dir", SWEEP_FILE), ("hydra.run.dir", str(JOB_OVERRIDES))):
+        given = value_given(argv, key)
+        if not given or not Path(given).expanduser().is_dir():
+            continue
+        folder = Path(given).expanduser()
+        try:
+            recorded = sweep_command(folder) if key == "hydra.sweep.dir" else job_overrides(folder)
+        except Exception:
+            raise ConfigError(f"{key}={given}: its {recorded_file} cannot be read; give another folder") from None
+        if recorded is None:
+            if any(folder.rglob("results.json")) or any(folder.rglob("last.ckpt")):
+                raise ConfigError(f"{key}={given} holds runs that Hydra did not record; give another folder")
+            continue
+        overrides = recorded[1] if key == "hydra.sweep.dir" else recorded
+        if _command_of(overrides) != command:
+            earlier = " ".join(_command_of(overrides)) or "(no overrides)"
+            raise ConfigError(
+                f"{key}={given} holds the work of another command ({earlier}); continue it with "
+                f"{prog} resume={given}, or give another folder"
+            )

@@ -38,6 +38,12 @@ def _inspect_name(choice: str | None, ckpt_path: str | None, variant) -> str:
     return f"{checkpoint_run_name(ckpt_path)}_{'+'.join(names)}"
 
 
+def _scored_names(pos_enc_name: str, variants) -> str:
+    """poslab-eval's folder name part: the variants joined by '+' (eval.variants), else the one
+    encoding scored, as poslab-inspect names its folders."""
+    return "+".join(_variant_names(variants)) or str(pos_enc_name)
+
+
 def _position_range(positions: str, context: int, max_position: int | None) -> int:
     """How many positions training uses: the context, or max_position with randomized positions."""
     return max_position if positions == "randomized" and max_position else context
@@ -84,6 +90,7 @@ RESOLVERS = {
     "poslab.checkpoint_run": checkpoint_run_name,
     "poslab.trained_encoding": _trained_encoding,
     "poslab.inspect_name": _inspect_name,
+    "poslab.scored_names": _scored_names,
     "poslab.position_range": _position_range,
     "poslab.checkpoint_context": _checkpoint_context,
     "poslab.original_context": _original_context,

@@ -61,6 +61,62 @@ def eval_lengths(eval_cfg, context: int) -> list[int]:
     return sorted({int(length) for length in lengths})
 
 
+ARCHITECTURE_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def check_targets(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """Each `_target_` names a class that can be imported: a misspelt one (a --config-dir YAML of
+    your own) is answered before the data loads, naming the key."""
+    from hydra.utils import get_class
+
+    for key in keys:
+        target = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(target, str):
+            continue
+        try:
+            get_class(target)
+        except Exception as error:
+            cause = error.__cause__ or error
+            raise ConfigError(f"{key}={target} cannot be imported ({type(cause).__name__}: {cause})") from None
+
+
+def check_encoding_target(encoding: DictConfig | None, key: str = "pos_enc._target_") -> None:
+    """An encoding config given by name (pos_enc=, a variant) names a class that can be imported."""
+    if encoding is not None:
+        check_targets(OmegaConf.create({"pos_enc": OmegaConf.to_container(encoding)}), ("pos_enc._target_",))
+
+
+TRAIN_TARGETS = (
+    "pos_enc._target_",
+    "model.net._target_",
+    "data._target_",
+    "data.corpus._target_",
+    "data.tokenizer._target_",
+)
+
+
+def check_optimizer_config(cfg: DictConfig) -> None:
+    """model.optimizer and model.scheduler: what AdamW and the schedule can work with."""
+    optimizer, scheduler = cfg.model.get("optimizer") or {}, cfg.model.get("scheduler") or {}
+    lr = optimizer.get("lr")
+    if lr is not None and (not _is_number(lr) or not lr > 0):
+        raise ConfigError(f"model.optimizer.lr must be a positive number, got {lr!r}")
+    decay = optimizer.get("weight_decay")
+    if decay is not None and (not _is_number(decay) or decay < 0):
+        raise ConfigError(f"model.optimizer.weight_decay must be a number >= 0, got {decay!r}")
+    betas = optimizer.get("betas")
+    if betas is not None and (
+        isinstance(betas, str) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError(f"model.optimizer.betas must be two numbers in [0, 1), got {betas!r}")
+    warmup = scheduler.get("warmup_steps")
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        raise ConfigError(f"model.scheduler.warmup_steps must be an integer >= 0, got {warmup!r}")
+    floor = scheduler.get("min_lr_ratio")
+    if floor is not None and (not _is_number(floor) or not 0 <= floor <= 1):
+        raise ConfigError(f"model.scheduler.min_lr_ratio must be in [0, 1], got {floor!r}")
+
+
 def _positive(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key, default=None)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -182,7 +238,9 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
         raise ConfigError(
             f"{', '.join(unknown)}: not a poslab-train setting; the top-level keys are {', '.join(TRAIN_KEYS)}"
         )
+    check_targets(cfg, TRAIN_TARGETS)
     check_model_config(cfg)
+    check_optimizer_config(cfg)
     for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
         _positive(cfg, key)
     check_positions_config(cfg.data)
@@ -377,7 +435,8 @@ def check_init_from(cfg: DictConfig, checkpoint: dict, config_dirs: Sequence[str
     """init_from's weights go into this run's model: the same size, an encoding of the same family."""
     saved_net = checkpoint["hyper_parameters"]["net"]
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
-    differ = sorted(k for k in saved_net.keys() | net.keys() if saved_net.get(k) != net.get(k))
+    # what the weights' shapes and meaning depend on (dropout or the attention path may change)
+    differ = sorted(k for k in ("_target_", *ARCHITECTURE_KEYS) if saved_net.get(k) != net.get(k))
     if differ:
         settings = ", ".join(f"model.net.{k}={saved_net.get(k)}" for k in differ)
         raise ConfigError(f"init_from={cfg.init_from}: the checkpoint's model differs; use its settings: {settings}")

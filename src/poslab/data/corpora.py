@@ -61,11 +61,19 @@ def split_by_hash(keys: list[str], validation_fraction: float, test_fraction: fl
 
 
 def _load_text(data_files: dict[str, list[str]], sample_by: str, cache_dir: str | None):
+    """Local text files through `datasets`, without its progress bars: reading local files takes a
+    second, and its "Downloading data" bar for them says nothing a user needs."""
     import datasets
 
-    return datasets.load_dataset(
-        "text", data_files=data_files, sample_by=sample_by, cache_dir=cache_dir, keep_linebreaks=True
-    )
+    shown = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(
+            "text", data_files=data_files, sample_by=sample_by, cache_dir=cache_dir, keep_linebreaks=True
+        )
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 class Corpus:
@@ -145,7 +153,11 @@ class TextFilesCorpus(Corpus):
         files = sorted({str(Path(f).resolve()) for f in matches})
         files = [f for f in files if os.path.isfile(f)]
         if not files:
-            raise ValueError(f"data.corpus.{split}: no file matches {patterns}")
+            folders = [p for p in patterns if os.path.isdir(os.path.expanduser(p))]
+            hint = (
+                f"; for the files in a folder give a glob, e.g. '{folders[0].rstrip('/')}/**/*.txt'" if folders else ""
+            )
+            raise ValueError(f"data.corpus.{split}: no file matches {patterns}{hint}")
         return files
 
     def load(self):

@@ -151,13 +151,16 @@ def extrapolation_sweep(
     device: torch.device | str = "cpu",
     progress=None,
     scored_bytes: int | None = None,
+    starting=None,
 ) -> list[ExtrapolationRow]:
     """Score `tokens` at each length under each protocol (rows in that order: protocol, then
     length). `model` maps (B, T) ids to logits and exposes `pos_enc`. Lengths the encoding cannot
     serve are recorded as unsupported, with the reason; a length whose loss is not finite, or that
     does not fit in memory even one window at a time, is recorded as such and the sweep goes on.
     `scored_bytes`: the UTF-8 bytes of the text behind tokens[1:], so bits per byte compare across
-    tokenizers; None means one byte per token (the byte tokenizer)."""
+    tokenizers; None means one byte per token (the byte tokenizer). `starting(protocol, length,
+    stride, windows)` is called before each length is scored (its cost: windows forward passes of
+    `length` tokens), `progress(row)` after."""
     protocols = [protocols] if isinstance(protocols, str) else list(protocols)
     for protocol in protocols:  # refused up front, not after the shorter lengths are scored
         for length in lengths:
@@ -169,7 +172,7 @@ def extrapolation_sweep(
         for protocol in protocols:
             for length in lengths:
                 row = score_length(
-                    model, tokens, length, train_length, protocol, stride, batch_tokens, device, scored_bytes
+                    model, tokens, length, train_length, protocol, stride, batch_tokens, device, scored_bytes, starting
                 )
                 rows.append(row)
                 if progress is not None:
@@ -180,7 +183,16 @@ def extrapolation_sweep(
 
 
 def score_length(
-    model, tokens, length, train_length, protocol, stride, batch_tokens, device, scored_bytes: int | None = None
+    model,
+    tokens,
+    length,
+    train_length,
+    protocol,
+    stride,
+    batch_tokens,
+    device,
+    scored_bytes: int | None = None,
+    starting=None,
 ) -> ExtrapolationRow:
     step = protocol_stride(protocol, length, stride)
     row = ExtrapolationRow(
@@ -188,6 +200,8 @@ def score_length(
     )
     try:
         model.pos_enc.check_length(length)
+        if starting is not None:
+            starting(protocol, length, step, len(window_ends(len(tokens) - 1, length, step)))
         loss_sum, counts = score_windows(model, tokens, length, step, batch_tokens, device)
     except LengthNotSupportedError as error:
         row.status, row.reason = "unsupported", str(error)

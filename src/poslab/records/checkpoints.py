@@ -31,11 +31,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk or a kill mid-write: the previous checkpoint stays, no temporary file
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
@@ -64,6 +68,18 @@ def checkpoint_config(path: str | Path, key: str = "ckpt_path") -> dict:
 @functools.lru_cache(maxsize=4)
 def _cached_config(path: str, mtime_ns: int, size: int, key: str) -> dict:
     return read_checkpoint(path, key)[CONFIG_KEY]
+
+
+def resumable_checkpoint(path: str | Path) -> dict:
+    """A job's own last.ckpt, which `resume=` continues: read whole; a damaged one is a ConfigError
+    that says what to do about it."""
+    try:
+        return read_checkpoint(path, key="resume")
+    except ConfigError as error:
+        why = str(error).partition("(")[2].rstrip(")") or "not a poslab checkpoint"
+        raise ConfigError(
+            f"{path} is damaged ({why}): delete it to train this job from the start, or put a good copy back"
+        ) from error
 
 
 def checkpoint_run_name(path: str | Path) -> str:

@@ -76,8 +76,19 @@ def _online(cfg: DictConfig) -> bool:
 
 
 def _start_wandb(cfg: DictConfig) -> WandbLogger:
+    # silent: wandb's own lines (its version, the run's history and summary when it ends, a
+    # deprecation warning) repeat in every job of a sweep; one line here says where the run is.
+    # WANDB_SILENT=false shows them.
+    os.environ.setdefault("WANDB_SILENT", "true")
     logger = instantiate(cfg, settings={"init_timeout": WANDB_INIT_TIMEOUT_S})
-    logger.experiment  # noqa: B018 - start the run now, so a failure is handled here and not mid-training
+    # Lightning hands wandb `anonymous=None`, which wandb 0.19+ answers with a deprecation warning
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    run = logger.experiment  # start the run now, so a failure is handled here and not mid-training
+    if str(cfg.get("mode") or os.environ.get("WANDB_MODE") or "online") == "offline":
+        folder = Path(run.dir).parent
+        log.info("wandb: offline run in %s (upload later: wandb sync %s)", folder, folder)
+    else:
+        log.info("wandb: %s", getattr(run, "url", None) or run.name)
     return logger
 
 

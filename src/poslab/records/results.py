@@ -45,6 +45,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -106,10 +107,18 @@ def _is_label(key: str, ignore_seed: bool) -> bool:
     return any(key == label or key.startswith(label + ".") for label in keys)
 
 
+# Settings added to the configs after runs were recorded without them, with the value those runs
+# had implicitly: a run recorded before and one after compare as the same experiment.
+IMPLICIT_DEFAULTS = {"model.net.attention": "auto"}
+
+
 def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
     """The flattened config without the keys that only label a run (and without the seed unless
     asked): runs with equal comparable configs are the same experiment."""
-    return {k: v for k, v in flatten(config).items() if not _is_label(k, ignore_seed)}
+    flat = flatten(config)
+    if config and "model" in config:
+        flat = {**{k: v for k, v in IMPLICIT_DEFAULTS.items() if k not in flat}, **flat}
+    return {k: v for k, v in flat.items() if not _is_label(k, ignore_seed)}
 
 
 def config_differences(a: dict | None, b: dict | None, ignore_seed: bool = True) -> list[str]:
@@ -193,16 +202,25 @@ def build_results(
     }
 
 
-def write_json_atomically(payload: dict, path: str | Path) -> Path:
-    """Strict JSON (non-finite numbers become null), written to a temporary file and renamed, so
-    a reader never sees half a file and a kill never leaves one."""
+def write_text_atomically(text: str, path: str | Path) -> Path:
+    """Written to a temporary file and renamed, so a reader never sees half a file and a kill never
+    leaves one; a write that fails (a full disk) leaves no temporary file either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(finite_or_none(payload), indent=2, allow_nan=False, default=str) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def write_json_atomically(payload: dict, path: str | Path) -> Path:
+    """Strict JSON (non-finite numbers become null), written atomically (write_text_atomically)."""
+    text = json.dumps(finite_or_none(payload), indent=2, allow_nan=False, default=str) + "\n"
+    return write_text_atomically(text, path)
 
 
 def write_results(results: dict, output_dir: str | Path) -> Path:
@@ -229,19 +247,25 @@ def find_results(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob(FILENAME))
 
 
-def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: str) -> Path:
+def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: str) -> Path | None:
     """results.json with status "failed" and the error in one line, and the whole traceback in a
-    file beside it: what a failed job leaves so a sweep can list it and a person can debug it."""
+    file beside it: what a failed job leaves so a sweep can list it and a person can debug it.
+
+    Never raises: a folder that cannot be written (a full disk) gets nothing, and the failure is
+    said on stderr instead. A finished run's results.json is never replaced (a job refused in a
+    folder that holds one keeps it). Returns the results.json written, or None."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / TRACEBACK_FILENAME).write_text("".join(traceback.format_exception(error)))
+    path = output_dir / FILENAME
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if _finished(path):
+        print(f"{output_dir}: kept the finished run's {FILENAME}; this job: {message}", file=sys.stderr)
+        return None
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the failure may be the config itself: keep it as composed
         config = OmegaConf.to_container(cfg, resolve=False)
     seed = OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)
     name = OmegaConf.select(cfg, "pos_enc_name", default=None, throw_on_resolution_failure=False)
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
     results = build_results(
         run={
             "name": f"{name}-s{seed}",
@@ -259,5 +283,21 @@ def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: s
         error=f"{type(error).__name__}: {message}",
         traceback_file=TRACEBACK_FILENAME,
     )
-    results["passkey"] = None
-    return write_results(results, output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically("".join(traceback.format_exception(error)), output_dir / TRACEBACK_FILENAME)
+        return write_results(results, output_dir)
+    except OSError as write_error:
+        print(
+            f"{output_dir}: could not record the failure ({write_error.strerror or write_error}): "
+            f"{type(error).__name__}: {message}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _finished(path: Path) -> bool:
+    try:
+        return read_results(path)["status"] == "ok"
+    except (OSError, ValueError, KeyError):
+        return False

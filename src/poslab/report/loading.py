@@ -204,6 +204,8 @@ def check_shape(results: dict) -> None:
     ):
         raise ValueError("extrapolation is not a list of rows with eval_length and status")
     for row in rows:
+        if row["status"] == "ok" and not is_finite(row.get("ppl")):
+            raise ValueError(f"the row at {row['eval_length']} is ok but its ppl is {row.get('ppl')!r}, not a number")
         if row.get("per_position") is not None and not _is_per_position(row["per_position"]):
             raise ValueError(f"per_position at {row['eval_length']} is not bins with a mean loss each")
     if results.get("passkey") is not None and not _is_passkey_grid(results["passkey"]):

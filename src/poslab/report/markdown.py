@@ -98,8 +98,7 @@ def write_report(root: str | Path, html: bool = False) -> Report:
     root = Path(root)
     found = collect(root)
     problems = problem_lines(found, root)
-    if not found.runs and not found.unreadable:
-        log.warning("no results.json under %s; no report written", root)
+    if not found.runs and not found.unreadable:  # the caller says so, once
         return Report(path=None, plot=None, problems=problems)
 
     # fast_dev_run checks the wiring on a batch or two: its numbers measure nothing
@@ -118,7 +117,7 @@ def write_report(root: str | Path, html: bool = False) -> Report:
         parts += ["", "## Summary", "", SUMMARY_INTRO, "", *summary]
     for protocol, table in tables:
         parts += ["", f"## Perplexity, protocol {protocol.title}" if protocol else "## Results", "", table]
-    plot_path, why_no_plot = extrapolation_part(rows, protocols, root)
+    plot_path, why_no_plot = extrapolation_part(rows, protocols, root, fast_dev_runs=len(left_out))
     parts += ["", f"No plot: {why_no_plot}." if why_no_plot else f"![perplexity vs eval length]({PLOT_FILENAME})"]
     if left_out:
         folders = ", ".join(relative_to_root(run.folder, root) for run in left_out)
@@ -151,7 +150,9 @@ def write_report(root: str | Path, html: bool = False) -> Report:
     return Report(path=path, plot=plot_path, problems=problems, rows=rows, images=images, html=html_path)
 
 
-def extrapolation_part(rows: list[Row], protocols: list[Protocol], root: Path) -> tuple[Path | None, str | None]:
+def extrapolation_part(
+    rows: list[Row], protocols: list[Protocol], root: Path, fast_dev_runs: int = 0
+) -> tuple[Path | None, str | None]:
     """extrapolation.png, a panel per protocol that has a finite perplexity; or why there is none."""
     panels = []
     for protocol in protocols:
@@ -159,7 +160,10 @@ def extrapolation_part(rows: list[Row], protocols: list[Protocol], root: Path) -
         if any(line.points for line in lines):
             panels.append((protocol, lines))
     path = root / PLOT_FILENAME
-    no_data = None if panels else "no run has a finite perplexity at any eval length"
+    if not any(row.measured for row in rows) and fast_dev_runs:
+        no_data = f"the only measured jobs are {fast_dev_runs} fast_dev_run job(s), left out"
+    else:
+        no_data = None if panels else "no run has a finite perplexity at any eval length"
     why_not = draw_or_say_why_not(functools.partial(plot_extrapolation, panels), path, no_data)
     return (None, why_not) if why_not else (path, None)
 
