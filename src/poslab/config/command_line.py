@@ -200,10 +200,11 @@ def value_given(argv: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def _command_of(overrides: list[str]) -> list[str]:
-    """The overrides that make a run what it is: not Hydra's own (where it goes, how it launches),
-    nor the wandb group it is labelled with."""
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra", "run_group=")))
+def _command_of(overrides: list[str]) -> dict[str, str]:
+    """The overrides that make a run what it is, key -> value (the last one given wins): not
+    Hydra's own (where it goes, how it launches), nor the wandb group it is labelled with."""
+    kept = [o for o in overrides if not o.lstrip("+~").startswith(("hydra", "run_group="))]
+    return {o.partition("=")[0]: o.partition("=")[2] for o in kept}
 
 
 def check_output_folder(argv: list[str], prog: str) -> None:
@@ -226,10 +227,12 @@ def check_output_folder(argv: list[str], prog: str) -> None:
             if any(folder.rglob("results.json")) or any(folder.rglob("last.ckpt")):
                 raise ConfigError(f"{key}={given} holds runs that Hydra did not record; give another folder")
             continue
-        overrides = recorded[1] if key == "hydra.sweep.dir" else recorded
-        if _command_of(overrides) != command:
-            earlier = " ".join(_command_of(overrides)) or "(no overrides)"
+        overrides = _command_of(recorded[1] if key == "hydra.sweep.dir" else recorded)
+        if overrides != command:
+            differ = sorted(k for k in overrides.keys() | command.keys() if overrides.get(k) != command.get(k))
+            ran = " ".join(f"{k}={overrides[k]}" for k in differ if k in overrides) or "no such override"
+            gives = " ".join(f"{k}={command[k]}" for k in differ if k in command) or "none of them"
             raise ConfigError(
-                f"{key}={given} holds the work of another command ({earlier}); continue it with "
-                f"{prog} resume={given}, or give another folder"
+                f"{key}={given} holds the work of another command (it ran with {ran}; this one gives {gives}); "
+                f"continue it with {prog} resume={given}, or give another folder"
             )

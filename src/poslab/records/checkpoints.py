@@ -8,8 +8,10 @@ config is needed (config resolvers, resume), `checkpoint_config`.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +39,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
-        except BaseException:  # a full disk or a kill mid-write: the previous checkpoint stays, no temporary file
+        except (
+            BaseException
+        ) as error:  # a full disk or a kill mid-write: the previous checkpoint stays, no temporary file
+            full = isinstance(error, (OSError, RuntimeError)) and _nearly_full(path.parent)
             tmp.unlink(missing_ok=True)
+            if full:  # torch.save says "unexpected pos ... at inline_container.cc": say what it means
+                raise OSError(errno.ENOSPC, f"no space left to write {path} (the previous one is kept)") from error
             raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
