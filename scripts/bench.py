@@ -10,7 +10,7 @@ scripts/benchlib/ (models, training, evaluation, machine, record).
 **Training** (`benchlib.training`). One step is what the trainer does: forward,
 `window_mean_loss`, backward, gradient clipping at 1.0, the optimizer of `model.optimizer` (AdamW,
 nanoGPT's decay groups, `fused: auto`) and the learning-rate schedule; under bf16 autocast on CUDA
-(`trainer=gpu`), float32 on a CPU. For each mission encoding, poslab eager, poslab compiled
+(`trainer=gpu`), float32 on a CPU. For each of the quickstart's six encodings, poslab eager, poslab compiled
 (`model.compile: true`) and the x-transformers decoder of the same size and encoding
 (`benchlib.models`) are built in one process and timed in turn, `--steps` steps each per round,
 for `--repeats` rounds after a warm-up round (compilation happens there and is reported apart), on
@@ -58,7 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import GPT_SMALL_SIZES, MISSION_ENCODINGS, QUICK_SIZES, ROOT, log  # noqa: E402
+from benchlib import GPT_SMALL_SIZES, QUICK_SIZES, QUICKSTART_ENCODINGS, ROOT, log  # noqa: E402
 from benchlib.evaluation import eval_one, time_evaluation  # noqa: E402
 from benchlib.machine import machine, matmul_peak  # noqa: E402
 from benchlib.record import markdown  # noqa: E402
@@ -81,7 +81,7 @@ def without_out(argv: list[str]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy sizes, one round: checks every path in seconds")
-    parser.add_argument("--encodings", nargs="+", default=None, help=f"default: {' '.join(MISSION_ENCODINGS)}")
+    parser.add_argument("--encodings", nargs="+", default=None, help=f"default: {' '.join(QUICKSTART_ENCODINGS)}")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5; --quick 1)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per round (default 5; --quick 1)")
     parser.add_argument(
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps([eval_one(spec) for spec in json.loads(args.eval_worker)]))
         return 0
 
-    args.encodings = args.encodings or MISSION_ENCODINGS
+    args.encodings = args.encodings or QUICKSTART_ENCODINGS
     args.repeats = args.repeats or (1 if args.quick else 5)
     args.steps = args.steps or (1 if args.quick else 5)
     args.lightning_steps = args.lightning_steps or (4 if args.quick else 20)

@@ -10,7 +10,7 @@
 # On the GPU machine it installs from .whl/ what is missing (offline, into $HOME/site), then runs,
 # each step under a time limit, everything written under OUT_DIR ($OUT, else experiments/gpu/<date>):
 #   1. env.txt       nvidia-smi, torch, CUDA
-#   2. pytest.log    the GPU tests, tests/integration/test_gpu.py (bf16 training of every mission encoding,
+#   2. pytest.log    the GPU tests, tests/integration/test_gpu.py (bf16 training of every quickstart encoding,
 #                    compiled flex attention against the materialised bias, gpt_small at 32 x 512)
 #   3. train/        the quickstart's six encodings trained briefly with trainer=gpu (bf16,
 #                    model.compile auto = compiled) and scored at 1x to 32x; report.md; no checkpoints

@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 # the entry point: the evaluation workers are started through it (`--eval-worker`)
 BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "bench.py"
-MISSION_ENCODINGS = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+QUICKSTART_ENCODINGS = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
 EVAL_LENGTHS_X = [1, 4, 16, 32]
 QUICK_SIZES = {"n_layer": 1, "n_head": 2, "n_embd": 32, "context": 16, "batch": 4}
 GPT_SMALL_SIZES = {"n_layer": 4, "n_head": 4, "n_embd": 128, "context": 128, "batch": 32}

@@ -91,7 +91,7 @@ def xt_model(encoding: str, sizes: dict, vocab: int):
 
 
 class RoPEThroughAutograd:
-    """RoPE as the GPT used it before the encodings' prepare() hook: cos and sin recomputed in every
+    """RoPE without the encodings' prepare() hook: cos and sin recomputed in every
     layer (with a read of the positions from the device), and the rotation x cos + rotate_half(x) sin
     differentiated by autograd. The same numbers as poslab's RoPE; timed beside it, it shows what
     preparing once per forward and the rotation's own gradient give."""

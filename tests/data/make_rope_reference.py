@@ -1,4 +1,4 @@
-"""Reference frequencies for tests/test_rotary_family.py, from Hugging Face transformers.
+"""Reference frequencies for tests/unit/test_rotary_family.py, from Hugging Face transformers.
 
 Generated once, in a virtual environment of its own (transformers is not a poslab dependency):
 

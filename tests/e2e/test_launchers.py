@@ -39,7 +39,7 @@ def test_sweep_through_a_launcher(tmp_path, text_corpus, launcher):
 
 @pytest.mark.slow
 def test_slurm_launcher_submits_an_array_to_a_stand_in_cluster(tmp_path, text_corpus):
-    """hydra/launcher=slurm itself, through submitit's Slurm executor, against tests/fake_slurm.py's
+    """hydra/launcher=slurm itself, through submitit's Slurm executor, against tests/e2e/fake_slurm.py's
     sbatch / srun / sacct: the config's settings reach the sbatch script, the sweep is one array
     run at most array_parallelism at a time, and every job writes its results, then the report."""
     import fake_slurm

@@ -18,7 +18,7 @@ from poslab.training import LitGPT
 from poslab.training.optim import build_optimizer, compile_enabled, fused_adamw_supported
 
 ROOT = REPOSITORY
-MISSION = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+QUICKSTART_ENCODINGS = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
 GPT_SMALL = {"n_layer": 4, "n_head": 4, "n_embd": 128, "context": 128, "batch": 32}
 
 
@@ -54,7 +54,7 @@ def test_quick_bench_writes_a_table_and_json_with_every_section(tmp_path):
     assert record["matmul_peak"]["dtype"] == "float32" and record["matmul_peak"]["flops_per_s"] > 0
     assert record["training_meta"] == {"default_variant": "poslab eager", "compile_auto_here": False}
 
-    assert list(record["training"]) == MISSION
+    assert list(record["training"]) == QUICKSTART_ENCODINGS
     for encoding, row in record["training"].items():
         eager = row["variants"]["poslab eager"]
         assert len(eager["rounds"]) == 1 and eager["median"] == eager["rounds"][0] > 0
@@ -84,11 +84,11 @@ def test_quick_bench_writes_a_table_and_json_with_every_section(tmp_path):
                 assert cell["status"] == "ok" and cell["tokens_per_s"] > 0 and cell["peak_bytes"] >= 0, cell
     assert "targets" not in record  # the targets are in experiments/benchmarks/README.md, not in code
     markdown = record_path.with_suffix(".md").read_text()
-    assert "## Where a step's time goes" in markdown and markdown.count("| poslab |") == len(MISSION)
+    assert "## Where a step's time goes" in markdown and markdown.count("| poslab |") == len(QUICKSTART_ENCODINGS)
 
 
 @pytest.mark.skipif(not has_x_transformers(), reason="x-transformers is the bench extra")
-@pytest.mark.parametrize("encoding", MISSION)
+@pytest.mark.parametrize("encoding", QUICKSTART_ENCODINGS)
 def test_x_transformers_counterpart_is_the_same_size(encoding, tmp_path):
     models = benchlib().models
     cfg = models.compose_train_config(encoding, GPT_SMALL, torch.device("cpu"), str(tmp_path))

@@ -1,5 +1,5 @@
 """On a CUDA machine (scripts/gpu_check.sh runs this file there): training in bf16 with the
-default compile setting for every mission encoding, the compiled FlexAttention path against the
+default compile setting for every quickstart encoding, the compiled FlexAttention path against the
 materialised bias, and gpt_small scored at 32x a 512-token context within 80 GB. Skipped without
 CUDA. The parts a CPU can check, the GPU study's config and gpu_check.sh's syntax, run anywhere."""
 
@@ -17,7 +17,7 @@ from poslab.evaluation.protocols import score_windows
 from poslab.model import GPT
 
 ROOT = REPOSITORY
-MISSION = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
+QUICKSTART_ENCODINGS = ["nope", "sinusoidal", "learned", "rope", "rope_pi", "alibi"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -36,8 +36,8 @@ def train_on_gpu(train_config, pos_enc: str, *overrides: str) -> dict:
 
 
 @cuda
-@pytest.mark.parametrize("pos_enc", MISSION)
-def test_every_mission_encoding_trains_in_bf16_on_the_gpu(train_config, pos_enc):
+@pytest.mark.parametrize("pos_enc", QUICKSTART_ENCODINGS)
+def test_every_quickstart_encoding_trains_in_bf16_on_the_gpu(train_config, pos_enc):
     train_on_gpu(train_config, pos_enc, "model.compile=false")  # compiled: the next test, and gpu_check.sh
 
 
