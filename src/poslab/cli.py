@@ -9,7 +9,6 @@ folder). What a failing job leaves behind is poslab.commands.job's.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -20,6 +19,8 @@ from poslab.config.command_line import (
     check_log_folder,
     check_output_folder,
     check_setting_names,
+    log_folders,
+    sweep_values,
     value_given,
 )
 from poslab.errors import ConfigError, require_file
@@ -28,11 +29,15 @@ log = logging.getLogger("poslab")
 
 
 def folders_before(argv: list[str]) -> set[Path]:
-    """The log folder, its parents and its runs/eval/multirun folders that exist before this
+    """The log folders, their parents and their runs/eval/multirun folders that exist before this
     command runs: removing a rejected run's folder never removes one of them."""
-    given = value_given(argv, "paths.log_dir")
-    log_dir = Path(given or os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
-    candidates = [log_dir, *log_dir.parents, *(log_dir / sub for sub in ("runs", "eval", "multirun"))]
+    candidates = []
+    try:
+        folders = log_folders(argv)
+    except ConfigError:  # said by the checks (skipped only for --help, which writes nothing)
+        folders = []
+    for _, log_dir in folders:
+        candidates += [log_dir, *log_dir.parents, *(log_dir / sub for sub in ("runs", "eval", "multirun"))]
     return {folder for folder in candidates if folder.exists()}
 
 
@@ -55,12 +60,16 @@ def wants_help(argv: list[str]) -> bool:
     return any(arg.split("=", 1)[0] in HELP_FLAGS for arg in argv)
 
 
-def require(prog: str, path: str, key: str) -> None:
-    """A path setting must name a file: said before Hydra starts (run folders are named after it)."""
-    try:
-        require_file(path, key)
-    except ConfigError as error:
-        fail(prog, str(error))
+def require(prog: str, path: str, key: str) -> list[str]:
+    """A path setting must name a file (each file of a sweep over it): said before Hydra starts
+    (run folders are named after it). Returns the files."""
+    paths = sweep_values(path) or [path]
+    for one in paths:
+        try:
+            require_file(one, key)
+        except ConfigError as error:
+            fail(prog, str(error))
+    return paths
 
 
 def fail(prog: str, message: str) -> None:
@@ -96,23 +105,27 @@ def check_train_command_line(prog: str, argv: list[str]) -> list[str]:
     the extension experiment needs one."""
     init_from = value_given(argv, "init_from")
     if init_from not in (None, "", "null"):
-        require(prog, init_from, "init_from")
         from poslab.records.checkpoints import checkpoint_config  # torch: only when a checkpoint is given
 
-        try:
-            checkpoint_config(init_from, key="init_from")  # a text file or a damaged checkpoint, in one line
-        except ConfigError as error:
-            fail(prog, str(error))
+        for path in require(prog, init_from, "init_from"):
+            try:
+                checkpoint_config(path, key="init_from")  # a text file or a damaged checkpoint, in one line
+            except ConfigError as error:
+                fail(prog, str(error))
     if "experiment=extend_finetune" in argv and init_from is None:
         fail(prog, "experiment=extend_finetune continues a checkpoint: give init_from=RUN/checkpoints/last.ckpt")
     return resume_command_line(prog, argv)
 
 
 def resume_command_line(prog: str, argv: list[str]) -> list[str]:
-    """`resume=DIR` becomes DIR's own overrides, pointed at DIR: Hydra then composes the same
-    config, and each job finds its checkpoint or its finished results in its folder."""
-    resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume"]
+    """`resume=DIR` becomes DIR's own command line, pointed at DIR: its overrides, Hydra's own (a
+    sweep's launcher), and the config folders it was given with --config-dir. Hydra then composes
+    the same config, and each job finds its checkpoint or its finished results in its folder. A
+    job folder of a sweep resumes as one run (hydra.mode=RUN, whatever its experiment says)."""
+    resume = [a for a in argv if a.split("=", 1)[0].lstrip("+") == "resume" and "=" in a]
     if not resume:
+        if "resume" in argv:
+            fail(prog, "resume needs a folder: poslab-train resume=outputs/runs/<run> (or a sweep's folder)")
         return argv
     others = [a for a in argv if a not in resume]
     if len(resume) > 1 or others:
@@ -121,23 +134,29 @@ def resume_command_line(prog: str, argv: list[str]) -> list[str]:
             "resume=DIR continues a run with its own config; other overrides are not allowed "
             f"(got: {' '.join(others) or ' '.join(resume)})",
         )
-    folder = Path(resume[0].split("=", 1)[1]).expanduser()
-    from poslab.records.hydra_files import job_overrides, sweep_command
+    given = resume[0].split("=", 1)[1]
+    if not given:
+        fail(prog, "resume= needs a folder: poslab-train resume=outputs/runs/<run> (or a sweep's folder)")
+    folder = Path(given).expanduser()
+    from poslab.records.hydra_files import job_overrides, launch_overrides, sweep_command
 
     if (sweep := sweep_command(folder)) is not None:
         overrides = sweep[1]
         location = ["-m", f"hydra.sweep.dir={_hydra_quote(str(folder))}"]
     elif (job := job_overrides(folder)) is not None:
         overrides = job
-        location = [f"hydra.run.dir={_hydra_quote(str(folder))}"]
+        location = [f"hydra.run.dir={_hydra_quote(str(folder))}", "hydra.mode=RUN"]
     else:
         fail(prog, f"resume={folder}: not a run or sweep folder (no .hydra/overrides.yaml or multirun.yaml inside)")
     check_checkpoints_to_resume(prog, folder)
+    hydra_own, config_folders = launch_overrides(folder) or ([], [])
+    hydra_own = [o for o in hydra_own if o.partition("=")[0] != "hydra.mode"]
     group = _saved_run_group(folder)
     kept = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "run_group="))]
     extra = [f"run_group={_hydra_quote(group)}"] if group else []
-    log.info("resuming %s with its own overrides: %s", folder, " ".join(kept) or "(none)")
-    return [*location, *kept, *extra]
+    flags = [f"--config-dir={path}" for path in config_folders]
+    log.info("resuming %s with its own overrides: %s", folder, " ".join([*flags, *kept]) or "(none)")
+    return [*flags, *location, *hydra_own, *kept, *extra]
 
 
 def check_checkpoints_to_resume(prog: str, folder: Path) -> None:

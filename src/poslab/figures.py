@@ -8,6 +8,18 @@ from __future__ import annotations
 
 import math
 
+# a passkey cell without an accuracy says why in a word (unsupported length, out of memory)
+PASSKEY_CELL_WORDS = {"unsupported": "n/a", "out_of_memory": "OOM"}
+
+
+def passkey_cell_word(status: str) -> str:
+    return PASSKEY_CELL_WORDS.get(status, "-")
+
+
+def by_depth(grid: list[list]) -> list[list]:
+    """A results.json passkey grid, [length][depth], as the heatmap draws it: [depth][length]."""
+    return [list(line) for line in zip(*grid, strict=True)]
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend: files only, no display, no GUI on a cluster node."""

@@ -71,7 +71,7 @@ BAD_TRAIN_INPUT = [
     ("experiment=extend_finetune", "experiment=extend_finetune continues a checkpoint: give init_from="),
     ("eval.variants=[rope_pi]", "eval.variants is for poslab-eval"),
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu: allowed: auto, cpu, gpu"),
-    ("+ckpt_path=some.ckpt", "ckpt_path is not a training setting"),
+    ("+ckpt_path=some.ckpt", "to score a checkpoint use poslab-eval ckpt_path="),
     ("+max_step=10", "max_step: not a poslab-train setting; the top-level keys are task_name, seed,"),
     ("data.corpus.train=/nonexistent/*.txt", "data.corpus.train: no file matches"),
     ("pos_enc=rop", "pos_enc=rop: unknown; available: " + ", ".join(ENCODINGS)),

@@ -16,6 +16,7 @@ import torch
 
 from helpers import SCRIPTS, TINY, run_console, train_tiny_run
 from poslab import cli
+from poslab.config import CONFIG_DIR
 from poslab.records.checkpoints import AtomicCheckpointIO
 from poslab.records.results import build_results, find_results, read_results, record_failure, write_results
 
@@ -79,20 +80,26 @@ def test_a_run_into_a_finished_runs_folder_with_other_settings_changes_nothing(
 
 def test_a_job_refused_in_a_folder_with_a_finished_run_keeps_it(tmp_path, capsys):
     """Inside a sweep (e.g. resumed after the code changed a default), a job whose folder holds a
-    finished run of another config is refused without replacing that run's results.json."""
-    finished = build_results(run={"name": "rope-s0", "task": "train"}, config={}, data=None, train={}, extrapolation=[])
-    path = write_results(finished, tmp_path)
-    before = path.read_bytes()
+    finished run of another config is refused without replacing that run's results.json; the
+    refusal is a line beside it, which the sweep's report lists."""
     from omegaconf import OmegaConf
 
     from poslab.errors import ConfigError
+    from poslab.report import write_report
 
-    assert (
-        record_failure(OmegaConf.create({"seed": 0}), tmp_path, ConfigError("holds a finished run"), task="train")
-        is None
+    job = tmp_path / "0_rope_s0"
+    finished = build_results(
+        run={"name": "rope-s0", "pos_enc": "rope", "task": "train"}, config={}, data=None, train={}, extrapolation=[]
     )
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    path = write_results(finished, job)
+    before = path.read_bytes()
+    error = ConfigError("holds a finished run with another config")
+    refusal = record_failure(OmegaConf.create({"seed": 0}), job, error, task="train")
+    assert path.read_bytes() == before and sorted(p.name for p in job.iterdir()) == ["refused.txt", "results.json"]
+    assert refusal == job / "refused.txt"
     assert "kept the finished run's results.json; this job: holds a finished run" in capsys.readouterr().err
+    problems = write_report(tmp_path).problems
+    assert problems == ["0_rope_s0: refused (the finished run in it is kept): holds a finished run with another config"]
 
 
 def test_a_full_disk_leaves_the_last_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
@@ -215,3 +222,29 @@ def test_ctrl_c_says_which_step_the_checkpoint_holds_and_how_to_resume(tmp_path,
     assert "interrupted at step" in line and "checkpoints/last.ckpt holds step" in line
     assert line.endswith(f"continue with: poslab-train resume={run}")
     assert not list(run.rglob("*.tmp"))
+
+
+def test_resume_needs_a_folder(monkeypatch, capfd):
+    for bare in ("resume", "resume="):
+        assert run_console(monkeypatch, cli.train_main, bare) == 2
+        assert "needs a folder: poslab-train resume=outputs/runs/<run>" in one_error_line(capfd.readouterr().err)
+
+
+def test_resume_replays_the_config_folders_and_hydras_own_overrides(monkeypatch, tmp_path, text_corpus):
+    """A run launched with --config-dir (its own encoding) and a Hydra override resumes with both:
+    without the config folder, pos_enc=mine would not even compose."""
+    conf = tmp_path / "my_conf" / "pos_enc"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text((Path(CONFIG_DIR) / "pos_enc" / "rope.yaml").read_text())
+    ckpt = train_tiny_run(
+        tmp_path, "run", f"--config-dir={conf.parent}", "pos_enc=mine", "hydra/launcher=basic", "trainer.max_steps=4"
+    )
+    run = ckpt.parent.parent
+    (run / "results.json").unlink()  # killed before it finished: the checkpoint is what resumes
+    argv = cli.resume_command_line("poslab-train", [f"resume={run}"])
+    assert argv[0] == f"--config-dir={conf.parent}"
+    assert "hydra/launcher=basic" in argv and "hydra.mode=RUN" in argv and "pos_enc=mine" in argv
+    assert run_console(monkeypatch, cli.train_main, f"resume={run}") == 0
+    results = read_results(run / "results.json")
+    assert results["status"] == "ok" and results["run"]["pos_enc"] == "mine"
+    assert results["run"]["resumed_from_step"] == 4

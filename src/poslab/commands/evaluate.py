@@ -18,18 +18,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poslab.commands.job import config_dirs, guarded_job, keep_output_short
-from poslab.commands.scoring import load_heldout, score, score_passkey
+from poslab.commands.job import config_dirs, guarded_job
+from poslab.commands.scoring import load_heldout, model_under, score, score_passkey
 from poslab.config import CONFIG_DIR, load_choice
 from poslab.config.resolvers import register_resolvers
 from poslab.config.validate import (
-    check_encoding_target,
     check_eval_config,
-    check_same_family,
     check_tokenizer_config,
     eval_variants,
 )
-from poslab.errors import ConfigError
 from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
 from poslab.records.console import write_and_show
 from poslab.records.loggers import finish_wandb, log_extrapolation, make_loggers
@@ -50,27 +47,18 @@ def requested_variants(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
     return [(name, load_choice("pos_enc", name, config_dirs())) for name in names]
 
 
-def load_variant(checkpoint: dict, name: str, encoding: DictConfig | None, several: bool) -> tuple[LitGPT, DictConfig]:
-    """The checkpoint's model under one variant (its own encoding when `encoding` is None)."""
-    try:
-        if encoding is not None:
-            check_encoding_target(encoding)
-            check_same_family(checkpoint, encoding["_target_"], config_dirs=config_dirs())
-        return LitGPT.from_checkpoint(checkpoint, encoding)
-    except ConfigError as error:
-        raise ConfigError(f"{name}: {error}" if several else str(error)) from error
-
-
 def evaluate(cfg: DictConfig) -> dict:
     """Score one checkpoint under each requested variant, all on the same held-out tokens; one
     results.json whose rows carry their variant, one wandb run per variant."""
-    keep_output_short()
     variants = requested_variants(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     # load every variant before scoring any: one that does not fit is refused up front
     models = {}
     for name, encoding in variants:
-        models[name], run_cfg = load_variant(checkpoint, name, encoding, several=len(variants) > 1)
+        several = len(variants) > 1
+        models[name], run_cfg = model_under(
+            checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants"
+        )
     context = run_cfg.data.context
     settings = check_eval_config(cfg.eval, context)
     check_tokenizer_config(run_cfg.data, cfg.eval)
@@ -79,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict:
         cfg.pos_enc_name = variants[0][0] if len(variants) == 1 else trained_name
         cfg.seed = run_cfg.seed  # an eval run is named and grouped by its checkpoint's seed
     pl.seed_everything(cfg.seed)
-    datamodule, heldout = load_heldout(run_cfg.data, settings.num_tokens, max(settings.lengths))
+    datamodule, heldout = load_heldout(run_cfg.data, settings.num_tokens, max(settings.lengths), settings.passkey)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # the checkpoint's config with this evaluation's settings: what was scored

@@ -24,16 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab.commands.job import config_dirs, guarded_job
-from poslab.commands.scoring import load_heldout
-from poslab.config import CONFIG_DIR, load_choice
+from poslab.commands.scoring import load_heldout, model_under
+from poslab.config import CONFIG_DIR, load_choice, names_of
 from poslab.config.registry import encodings_of_family
 from poslab.config.resolvers import register_resolvers
 from poslab.config.validate import (
     check_encoding_target,
     check_inspect_config,
-    check_same_family,
     inspect_lengths,
-    inspect_variants,
 )
 from poslab.diagnostics.attention import attention_profile
 from poslab.diagnostics.describe import Description, describe_attention, describe_encoding, describe_rotary_members
@@ -43,7 +41,6 @@ from poslab.errors import ConfigError
 from poslab.records.checkpoints import CONFIG_KEY, read_checkpoint
 from poslab.records.loggers import log_inspection
 from poslab.records.results import environment, git_state, write_json_atomically
-from poslab.training import LitGPT
 
 log = logging.getLogger("poslab.inspect")
 
@@ -76,16 +73,11 @@ def build_encoding(config: DictConfig, pos_enc: DictConfig) -> PositionalEncodin
 
 def load_variants(cfg: DictConfig, checkpoint: dict) -> tuple[dict, DictConfig]:
     """{variant name: model} for the checkpoint under each requested variant, and its run config."""
-    requested = [(name, load_choice("pos_enc", name, config_dirs())) for name in inspect_variants(cfg.get("variant"))]
+    dirs = config_dirs()
+    requested = [(name, load_choice("pos_enc", name, dirs)) for name in names_of(cfg.get("variant"))]
     models, run_cfg = {}, None
     for name, encoding in requested or [(None, None)]:
-        try:
-            if encoding is not None:
-                check_encoding_target(encoding)
-                check_same_family(checkpoint, encoding["_target_"], config_dirs=config_dirs())
-            lit, run_cfg = LitGPT.from_checkpoint(checkpoint, encoding)
-        except ConfigError as error:
-            raise ConfigError(f"variant={name}: {error}" if name else str(error)) from error
+        lit, run_cfg = model_under(checkpoint, encoding, dirs, name, key="variant")
         models[name or run_cfg.get("pos_enc_name", "trained")] = lit.model
     return models, run_cfg
 

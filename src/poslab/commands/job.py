@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
@@ -29,15 +30,6 @@ FOLDERS_BEFORE: set[Path] | None = None
 PROG = "poslab"
 
 
-# Jobs of this process's sweep that were refused in a folder whose finished run they kept: no
-# file says so, so the sweep's report adds them to its problems (commands/report.py).
-_refused: list[str] = []
-
-
-def refused_jobs() -> list[str]:
-    return list(_refused)
-
-
 def say_error(message: str) -> None:
     """One line on stderr, as the console scripts' front door writes its refusals."""
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
@@ -56,12 +48,12 @@ def guarded_job(task: str) -> Callable:
             in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
             output_dir = Path(hydra_cfg.runtime.output_dir)
             try:
-                results = function(cfg)
+                with quiet_libraries():
+                    results = function(cfg)
             except (ConfigError, CorpusUnavailableError) as error:
                 say_error(str(error))
                 if in_sweep:
-                    if record_failure(cfg, output_dir, error, task=task) is None:  # a finished run kept
-                        _refused.append(f"{output_dir}: refused, the finished run in it kept: {error}")
+                    record_failure(cfg, output_dir, error, task=task)  # a finished run in it: kept
                     return None
                 remove_rejected_run_folder(output_dir)
                 sys.exit(2)
@@ -100,27 +92,43 @@ _FIRST_JOB_LOGGERS = (
 )
 
 
-def keep_output_short() -> bool:
-    """Quiet what the libraries repeat; returns whether this is the first job of its command (the
-    one that still says what the others would repeat, model summary included)."""
-    import warnings
-
+def is_first_job() -> bool:
+    """Whether this is the first job of its command (a single run is): the one that still says
+    what the others would repeat, model summary included."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        first = int(HydraConfig.get().job.get("num") or 0) == 0
+        return int(HydraConfig.get().job.get("num") or 0) == 0
     except ValueError:  # not under Hydra (a test, a notebook): one job
-        first = True
-    for pattern in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in _QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        return True
+
+
+@contextlib.contextmanager
+def quiet_libraries():
+    """While a job runs: quiet what the libraries repeat (see above), and put the logging levels,
+    filters and warning filters back as they were afterwards, for whatever runs next in this
+    process."""
+    import warnings
+
+    first = is_first_job()
+    loggers = {name: logging.getLogger(name) for name in (*_QUIET_LOGGERS, *_FIRST_JOB_LOGGERS)}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    tips = _WithoutLightningTips()
     rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(f, _WithoutLightningTips) for f in rank_zero.filters):
-        rank_zero.addFilter(_WithoutLightningTips())
-    for name in _FIRST_JOB_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO if first else logging.WARNING)
-    return first
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for name in _QUIET_LOGGERS:
+            loggers[name].setLevel(logging.WARNING)
+        for name in _FIRST_JOB_LOGGERS:
+            loggers[name].setLevel(logging.INFO if first else logging.WARNING)
+        rank_zero.addFilter(tips)
+        try:
+            yield
+        finally:
+            rank_zero.removeFilter(tips)
+            for name, level in levels.items():
+                loggers[name].setLevel(level)
 
 
 def config_dirs() -> list[str]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from poslab.commands.job import refused_jobs
 from poslab.report import write_report
 from poslab.report.text import one_line
 
@@ -46,7 +45,6 @@ class SweepReport(Callback):
         except Exception as error:  # a report failure must not hide the finished runs
             log.error("report for %s failed: %s", sweep_dir, one_line(error))
             problems = [f"{sweep_dir}: the report could not be written: {one_line(error)}"]
-        problems += [refusal for refusal in refused_jobs() if refusal not in problems]
         _last_sweep_problems[:] = problems
         if problems:
             print(format_problems(sweep_dir, problems))

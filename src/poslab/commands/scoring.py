@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from poslab.config.validate import check_passkey_filler
+from poslab.config.validate import check_encoding_target, check_passkey_filler, check_same_family
 from poslab.errors import ConfigError
 from poslab.evaluation.passkey import passkey_retrieval
 from poslab.evaluation.protocols import ExtrapolationRow, extrapolation_sweep
@@ -18,20 +18,36 @@ from poslab.evaluation.settings import EvalSettings
 from poslab.records.console import write_and_show
 from poslab.records.loggers import log_extrapolation
 from poslab.records.results import build_results
+from poslab.training import LitGPT
 
 log = logging.getLogger("poslab")
 
 
-def load_heldout(data_cfg, num_tokens: int, longest: int):
+def model_under(checkpoint: dict, encoding, dirs: list[str], name: str | None = None, key: str = "pos_enc"):
+    """The checkpoint's LightningModule under `encoding` (a pos_enc config of its family; None: its
+    own), and its run config. A refusal names the variant (`name`) it was asked for."""
+    try:
+        if encoding is not None:
+            check_encoding_target(encoding)
+            check_same_family(checkpoint, encoding["_target_"], config_dirs=dirs)
+        return LitGPT.from_checkpoint(checkpoint, encoding)
+    except ConfigError as error:
+        raise ConfigError(f"{key}={name}: {error}" if name else str(error)) from error
+
+
+def load_heldout(data_cfg, num_tokens: int, longest: int, passkey=None):
     """The datamodule of a run's data config, set up for testing, and its held-out tokens: the
     first `num_tokens` of the test split in whole windows of `longest` (a split too short for
-    them is a setting error)."""
+    them is a setting error, and so is one too short for the passkey filler of `passkey`)."""
     try:
         datamodule = instantiate(data_cfg)
         datamodule.setup("test")
-        return datamodule, datamodule.heldout_tokens(num_tokens, longest)
+        heldout = datamodule.heldout_tokens(num_tokens, longest)
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if passkey is not None:  # the test split may hold fewer tokens than eval.num_tokens asks
+        check_passkey_filler(passkey.lengths, len(heldout) - 1)
+    return datamodule, heldout
 
 
 def score(
@@ -97,7 +113,6 @@ def score_passkey(
     passkey = settings.passkey
     if passkey is None:
         return None
-    check_passkey_filler(passkey.lengths, len(heldout) - 1)  # the held-out split may be shorter than asked
     log.info("%s: passkey retrieval at lengths %s, depths %s", variant, list(passkey.lengths), list(passkey.depths))
     result = passkey_retrieval(
         model,

@@ -21,15 +21,23 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poslab.commands.job import config_dirs, guarded_job, keep_output_short, say_error
+from poslab.commands.job import config_dirs, guarded_job, is_first_job, say_error
 from poslab.commands.scoring import score_and_record
 from poslab.config import CONFIG_DIR
 from poslab.config.resolvers import register_resolvers
-from poslab.config.validate import check_init_from, check_train_config
+from poslab.config.validate import check_init_from, check_passkey_filler, check_train_config
+from poslab.data.datamodule import training_positions
 from poslab.errors import ConfigError
 from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint, resumable_checkpoint
 from poslab.records.loggers import finish_wandb, make_loggers
-from poslab.records.results import FILENAME, build_results, config_differences, read_results, write_results
+from poslab.records.results import (
+    FILENAME,
+    REFUSED_FILENAME,
+    build_results,
+    config_differences,
+    read_results,
+    write_results,
+)
 from poslab.training import DivergedError, LitGPT
 
 log = logging.getLogger("poslab.train")
@@ -54,12 +62,14 @@ def build(cfg: DictConfig):
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         heldout = datamodule.heldout_tokens(settings.num_tokens, max(settings.lengths))
+        if settings.passkey is not None:  # the test split may hold fewer tokens than eval.num_tokens asks
+            check_passkey_filler(settings.passkey.lengths, len(heldout) - 1)
         lit = LitGPT(cfg.model.net, cfg.pos_enc, cfg.model.optimizer, cfg.model.scheduler)
-        trained_positions = cfg.data.max_position if cfg.data.get("positions") == "randomized" else None
+        span = training_positions(cfg.data.get("positions"), cfg.data.context, cfg.data.get("max_position"))
         try:
-            lit.model.pos_enc.check_length(trained_positions or cfg.data.context)
+            lit.model.pos_enc.check_length(span)
         except ValueError as error:  # training must fit the encoding; evaluation lengths may not
-            key = f"data.max_position={trained_positions}" if trained_positions else f"data.context={cfg.data.context}"
+            key = f"data.max_position={span}" if span != cfg.data.context else f"data.context={cfg.data.context}"
             raise ValueError(f"{key} cannot be trained with pos_enc: {error}") from error
     except InstantiationException as error:
         cause = error.__cause__ or error
@@ -96,7 +106,7 @@ def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path |
                     "use another folder"
                 )
             return earlier, None, None
-    checkpoint = output_dir / LAST_CHECKPOINT
+    checkpoint = last_checkpoint(resolved, output_dir)
     if checkpoint.is_file():
         saved = resumable_checkpoint(checkpoint)
         differ = config_differences(saved.get(CONFIG_KEY), resolved, ignore_seed=False)
@@ -109,11 +119,19 @@ def previous_work(output_dir: Path, resolved: dict) -> tuple[dict | None, Path |
     return None, None, None
 
 
+def last_checkpoint(config: dict, output_dir: Path) -> Path:
+    """Where the run's checkpoint callback writes last.ckpt (callbacks.model_checkpoint.dirpath),
+    which resume continues: RUN/checkpoints/last.ckpt unless the config moves it."""
+    dirpath = ((config.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    return Path(dirpath) / LAST_CHECKPOINT.name if dirpath else output_dir / LAST_CHECKPOINT
+
+
 def reuse(results: dict, output_dir: Path) -> dict:
     """Keep a finished job as it is; note in its results that a rerun found and kept it."""
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     results["run"]["reused_at"] = [*results["run"].get("reused_at", []), now]
     write_results(results, output_dir)
+    (output_dir / REFUSED_FILENAME).unlink(missing_ok=True)  # the same config again: the refusal is over
     log.info("%s already finished with this config: reusing %s", results["run"]["name"], output_dir / FILENAME)
     return results
 
@@ -129,7 +147,7 @@ def log_resumed_attempt_apart(cfg: DictConfig, step: int) -> None:
 
 def train(cfg: DictConfig) -> dict | None:
     """Train, evaluate, write results.json; returns the results (None on non-zero DDP ranks)."""
-    first_job = keep_output_short()
+    first_job = is_first_job()
     output_dir = Path(cfg.paths.output_dir)
     datamodule, lit, settings, heldout, initial = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -181,14 +199,14 @@ def train(cfg: DictConfig) -> dict | None:
                 return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
             except SystemExit:  # Lightning's answer to Ctrl-C, after its graceful shutdown
                 if trainer.interrupted:
-                    say_interrupted(trainer, output_dir)
+                    say_interrupted(trainer, last_checkpoint(resolved, output_dir))
                 raise
         wall_time = time.perf_counter() - started
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run and not zero_shot:
             # ModelCheckpoint saves every n steps only; last.ckpt must hold the final weights
             # (called on every rank: Lightning writes from rank 0)
-            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / LAST_CHECKPOINT.name)
         if not trainer.is_global_zero:
             return None
 
@@ -227,15 +245,26 @@ def train(cfg: DictConfig) -> dict | None:
         finish_wandb()
 
 
-def say_interrupted(trainer: pl.Trainer, output_dir: Path) -> None:
+def say_interrupted(trainer: pl.Trainer, checkpoint: Path) -> None:
     """Which step the last checkpoint holds, and the command that continues from it."""
-    checkpoint = output_dir / LAST_CHECKPOINT
     try:
         step = read_checkpoint(checkpoint, key="resume")["global_step"] if checkpoint.is_file() else None
     except ConfigError:
         step = None
     held = f"{checkpoint} holds step {step}" if step is not None else "no checkpoint was written yet"
-    say_error(f"interrupted at step {trainer.global_step}; {held}; continue with: poslab-train resume={output_dir}")
+    say_error(
+        f"interrupted at step {trainer.global_step}; {held}; continue with: poslab-train resume={resume_folder()}"
+    )
+
+
+def resume_folder() -> str:
+    """What resume= continues this job with: its sweep's folder in a sweep (the other jobs too),
+    else its own."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    return str(hydra.sweep.dir) if hydra.mode == RunMode.MULTIRUN else str(hydra.runtime.output_dir)
 
 
 def record_divergence(error: DivergedError, trainer, cfg, run, resolved, datamodule, lit, output_dir) -> dict | None:

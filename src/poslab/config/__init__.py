@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from poslab.errors import ConfigError
 
@@ -20,7 +20,14 @@ from poslab.errors import ConfigError
 # POSLAB_CONFIG_DIR points elsewhere, and Hydra's --config-dir adds a folder of your own.
 CONFIG_DIR = os.environ.get("POSLAB_CONFIG_DIR", str(Path(__file__).resolve().parents[1] / "conf"))
 
-__all__ = ["CONFIG_DIR", "ConfigError", "available", "load_choice"]
+__all__ = ["CONFIG_DIR", "ConfigError", "available", "load_choice", "names_of"]
+
+
+def names_of(value) -> list[str]:
+    """A setting that takes one config name or a list of them (variant=, eval.variants=) as a list."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
 
 
 def available(group: str, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> list[str]:
@@ -31,8 +38,9 @@ def available(group: str, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> list[st
 
 
 def load_choice(group: str, name: str, config_dirs: Sequence[str] = (CONFIG_DIR,)) -> DictConfig:
-    """GROUP/NAME.yaml as written (unresolved), from the first config folder that has it."""
+    """GROUP/NAME.yaml as written (unresolved), from the first config folder that has it ("" for
+    the group: a primary config such as train.yaml)."""
     for folder in config_dirs:
-        if (path := Path(folder) / group / f"{name}.yaml").is_file():
+        if (path := Path(folder, group, f"{name}.yaml")).is_file():
             return OmegaConf.load(path)
     raise FileNotFoundError(f"{group}/{name}.yaml is in none of {', '.join(map(str, config_dirs))}")

@@ -18,6 +18,36 @@ from poslab.errors import ConfigError
 _SWEEP_SYNTAX = re.compile(r"^\s*(glob|choice|range|interval|sort|shuffle|tag)\s*\(")
 
 
+def sweep_values(value: str) -> list[str] | None:
+    """The values a command-line override takes: `a,b` is a sweep over a and b (commas inside
+    brackets or quotes do not split), a quoted value is unquoted; None for Hydra's sweep functions
+    (glob(...), range(...)), whose values this check does not work out."""
+    if _SWEEP_SYNTAX.match(value):
+        return None
+    values, depth, quote, current = [], 0, None, ""
+    for char in value:
+        if quote:
+            if char == quote:
+                quote = None
+            else:
+                current += char
+            continue
+        if char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+            current += char
+        elif char in "]})":
+            depth -= 1
+            current += char
+        elif char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*values, current.strip()]
+
+
 def _extra_config_dirs(argv: list[str]) -> list[str] | None:
     """Config folders added on the command line (--config-dir / -cd); None if the search path is
     changed in a way this check cannot follow (then Hydra alone checks the names)."""
@@ -70,12 +100,13 @@ def check_group_overrides(argv: list[str], config_dir: str = CONFIG_DIR) -> None
             check_launcher_plugin(value.strip())
         if not sep or key.startswith(("-", "hydra")) or "." in key or value in ("null", ""):
             continue
-        if _SWEEP_SYNTAX.match(value):
+        values = sweep_values(value)
+        if values is None:
             continue
         names = available(key, (config_dir, *extra_dirs))
         if not names:
             continue  # not a config group
-        unknown = [v for v in value.split(",") if v.strip() not in names]
+        unknown = [v for v in values if v not in names]
         if unknown:
             raise ConfigError(f"{key}={','.join(unknown)}: unknown; available: {', '.join(names)}")
 
@@ -103,7 +134,12 @@ def check_setting_names(argv: list[str], config_name: str, prog: str, config_dir
         return
     folders = (config_dir, *extra_dirs)
     groups = [k for k in keys if "." not in k and ("/" in k or available(k, folders))]
-    settings = [k for k in keys if k not in groups]
+    # a group swept with glob(...) may choose configs with other keys than its default: the keys
+    # under it are left to Hydra
+    globbed = [
+        o.partition("=")[0] for o in argv if o.partition("=")[0] in groups and sweep_values(o.partition("=")[2]) is None
+    ]
+    settings = [k for k in keys if k not in groups and not k.startswith(tuple(f"{g}." for g in globbed))]
     if not settings and not added:
         return
     composed = _compose(config_name, [o for o in argv if o.partition("=")[0] in groups], folders)
@@ -133,9 +169,10 @@ def _compose(config_name: str, overrides: list[str], folders: tuple[str, ...]):
     chosen = []
     for override in overrides:
         key, _, value = override.partition("=")
-        if _SWEEP_SYNTAX.match(value):
-            continue  # glob(*) and the like: the default choice has the same keys
-        chosen.append(f"{key}={value.split(',')[0]}")
+        values = sweep_values(value)
+        if values is None:
+            continue  # glob(*) and the like: composed with the default (the keys under it are not checked)
+        chosen.append(f"{key}={values[0]}")
     search = [f"hydra.searchpath=[{','.join('file://' + str(Path(f).resolve()) for f in folders[1:])}]"]
     try:
         GlobalHydra.instance().clear()
@@ -182,16 +219,29 @@ def _closest(config, dotted: str) -> str:
     return f"; {prefix or 'the top-level '}settings: " + ", ".join(sorted(siblings)) if siblings else ""
 
 
-def check_log_folder(argv: list[str]) -> None:
-    """paths.log_dir (or POSLAB_LOG_DIR) must be a folder this user can write in, or create."""
+def log_folders(argv: list[str]) -> list[tuple[str, Path]]:
+    """Where the command writes its runs, (the setting that says so, the folder): paths.log_dir
+    on the command line (each value of a sweep over it), else POSLAB_LOG_DIR, else outputs/."""
     given = value_given(argv, "paths.log_dir")
-    folder = Path(given or os.environ.get("POSLAB_LOG_DIR", "outputs")).expanduser().resolve()
-    key = "paths.log_dir" if given else ("POSLAB_LOG_DIR" if os.environ.get("POSLAB_LOG_DIR") else "paths.log_dir")
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"{key}={folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}={folder}: {existing} cannot be written (read-only or not yours); give another folder")
+    if given is not None:
+        return [("paths.log_dir", Path(value).expanduser().resolve()) for value in sweep_values(given) or [given]]
+    if "POSLAB_LOG_DIR" in os.environ:
+        if not os.environ["POSLAB_LOG_DIR"].strip():
+            raise ConfigError("POSLAB_LOG_DIR is set but empty: unset it (runs go to outputs/) or give a folder")
+        return [("POSLAB_LOG_DIR", Path(os.environ["POSLAB_LOG_DIR"]).expanduser().resolve())]
+    return [("paths.log_dir", Path("outputs").resolve())]
+
+
+def check_log_folder(argv: list[str]) -> None:
+    """The log folder must be a folder this user can write in, or create."""
+    for key, folder in log_folders(argv):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"{key}={folder}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{key}={folder}: {existing} cannot be written (read-only or not yours); give another folder"
+            )
 
 
 def value_given(argv: list[str], key: str) -> str | None:

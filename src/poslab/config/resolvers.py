@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import secrets
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from poslab.config import names_of
+from poslab.data.datamodule import training_positions
 from poslab.errors import ConfigError
 from poslab.records.checkpoints import checkpoint_config, checkpoint_run_name, run_folder
 from poslab.records.hydra_files import job_choice
@@ -24,29 +26,18 @@ def _trained_encoding(choice: str | None, ckpt_path: str) -> str:
     return choice or job_choice(run_folder(ckpt_path), "pos_enc") or "trained"
 
 
-def _variant_names(variant) -> list[str]:
-    if variant is None:
-        return []
-    return [str(v) for v in variant] if isinstance(variant, (list, tuple, ListConfig)) else [str(variant)]
-
-
 def _inspect_name(choice: str | None, ckpt_path: str | None, variant) -> str:
     """poslab-inspect's output folder name: the encoding, or the checkpoint's run and the variant(s)."""
     if not ckpt_path:
         return choice or "none"
-    names = _variant_names(variant) or [_trained_encoding(None, ckpt_path)]
+    names = names_of(variant) or [_trained_encoding(None, ckpt_path)]
     return f"{checkpoint_run_name(ckpt_path)}_{'+'.join(names)}"
 
 
 def _scored_names(pos_enc_name: str, variants) -> str:
     """poslab-eval's folder name part: the variants joined by '+' (eval.variants), else the one
     encoding scored, as poslab-inspect names its folders."""
-    return "+".join(_variant_names(variants)) or str(pos_enc_name)
-
-
-def _position_range(positions: str, context: int, max_position: int | None) -> int:
-    """How many positions training uses: the context, or max_position with randomized positions."""
-    return max_position if positions == "randomized" and max_position else context
+    return "+".join(names_of(variants)) or str(pos_enc_name)
 
 
 def _checkpoint_context(ckpt_path: str) -> int:
@@ -91,7 +82,7 @@ RESOLVERS = {
     "poslab.trained_encoding": _trained_encoding,
     "poslab.inspect_name": _inspect_name,
     "poslab.scored_names": _scored_names,
-    "poslab.position_range": _position_range,
+    "poslab.position_range": training_positions,
     "poslab.checkpoint_context": _checkpoint_context,
     "poslab.original_context": _original_context,
     "poslab.times": _times,

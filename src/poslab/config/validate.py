@@ -5,15 +5,18 @@ data is loaded, a logger starts or a file is written. The library's classes trus
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from poslab.config import CONFIG_DIR, available
+from poslab.config import CONFIG_DIR, available, load_choice, names_of
+from poslab.config.command_line import OTHER_COMMANDS
 from poslab.config.registry import encodings_of_family, family_of_target
+from poslab.data.datamodule import whole_windows
 from poslab.data.passkey import MIN_LENGTH as PASSKEY_MIN_LENGTH
 from poslab.diagnostics.describe import Settings as InspectSettings
 from poslab.errors import ConfigError
-from poslab.evaluation.protocols import PROTOCOLS
+from poslab.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from poslab.evaluation.settings import EvalSettings, PasskeySettings
 from poslab.model import ATTENTION_PATHS
 from poslab.records.checkpoints import CONFIG_KEY
@@ -184,27 +187,19 @@ def check_trainer_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.accelerator={accelerator}: allowed: auto, cpu, gpu")
 
 
-# Top-level keys of a training config (conf/train.yaml and its groups). A `+key=...` outside
-# them would be carried along and silently ignored, so it is refused.
-TRAIN_KEYS = (
-    "task_name",
-    "seed",
-    "pos_enc_name",
-    "run_group",
-    "tags",
-    "report_note",
-    "data",
-    "model",
-    "pos_enc",
-    "trainer",
-    "logger",
-    "eval",
-    "callbacks",
-    "paths",
-    "init_from",
-    "extend_factor",
-    "original_context",
-)
+def top_level_keys(config_name: str = "train") -> list[str]:
+    """The top-level keys of a command's config, read from its file: its own keys and its config
+    groups, but not Hydra's, nor the groups that write into the global package (experiment, debug)."""
+    primary = load_choice("", config_name)
+    keys = [str(k) for k in primary.keys() if k not in ("defaults", "hydra")]
+    for entry in primary.get("defaults", []):
+        group = next(iter(entry)) if hasattr(entry, "keys") else None
+        if group is None or group.startswith(("override", "hydra")):
+            continue
+        files = [Path(CONFIG_DIR, group, f"{name}.yaml") for name in available(group)]
+        if not any(f.read_text().startswith("# @package _global_") for f in files):
+            keys.append(group)
+    return keys
 
 
 def check_tokenizer_config(data_cfg, eval_cfg) -> None:
@@ -229,14 +224,12 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be given (no default), e.g. {missing[0]}=...")
     if "ckpt_path" in cfg:
+        raise ConfigError(f"ckpt_path is not a poslab-train setting: {OTHER_COMMANDS['train', 'ckpt_path']}")
+    known = top_level_keys("train")
+    unknown = sorted(set(cfg.keys()) - set(known) - {"hydra"})
+    if unknown:  # a +key=... outside them would be carried along and silently ignored
         raise ConfigError(
-            "ckpt_path is not a training setting: to continue a killed run use `poslab-train resume=RUN_DIR`; "
-            "to score a checkpoint use `poslab-eval ckpt_path=...`"
-        )
-    unknown = sorted(set(cfg.keys()) - set(TRAIN_KEYS) - {"hydra"})
-    if unknown:
-        raise ConfigError(
-            f"{', '.join(unknown)}: not a poslab-train setting; the top-level keys are {', '.join(TRAIN_KEYS)}"
+            f"{', '.join(unknown)}: not a poslab-train setting; the top-level keys are {', '.join(known)}"
         )
     check_targets(cfg, TRAIN_TARGETS)
     check_model_config(cfg)
@@ -256,12 +249,12 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
 
 
 # what eval.protocols holds unless a run asks otherwise (conf/eval/extrapolation.yaml)
-DEFAULT_PROTOCOLS = ["nonoverlapping"]
+DEFAULT_PROTOCOLS = [DEFAULT_PROTOCOL]
 
 
 def eval_protocols(eval_cfg) -> list[str]:
-    """The protocols to score: `eval.protocols`, or the older single `eval.protocol`, which, when
-    given, means a one-element list."""
+    """The protocols to score: `eval.protocols`, or the one-protocol shorthand `eval.protocol`,
+    which, when given, means a one-element list."""
     allowed = ", ".join(PROTOCOLS)
     single, protocols = eval_cfg.get("protocol"), eval_cfg.get("protocols")
     if single is not None:
@@ -378,7 +371,7 @@ def check_eval_config(eval_cfg, context: int) -> EvalSettings:
                 f"eval.stride={stride} is longer than the shortest eval length {min(lengths)}; a sliding window "
                 "cannot advance past its own end (a stride equal to the length is nonoverlapping)"
             )
-    heldout_tokens = eval_cfg.num_tokens // max(lengths) * max(lengths)  # as TokenDataModule.heldout_tokens cuts them
+    heldout_tokens = whole_windows(eval_cfg.num_tokens, max(lengths))
     passkey = check_passkey_config(eval_cfg.get("passkey"), context, heldout_tokens)
     variants = eval_cfg.get("variants")
     if passkey and variants and len(variants) > 1:
@@ -458,13 +451,6 @@ def eval_variants(cfg: DictConfig, config_dirs: Sequence[str] = (CONFIG_DIR,)) -
 # --- poslab-inspect ---------------------------------------------------------------------------
 
 
-def inspect_variants(variant) -> list[str]:
-    """inspect's `variant`: one name or a list of them ([] when not given)."""
-    if variant is None:
-        return []
-    return [str(v) for v in variant] if isinstance(variant, (list, tuple, ListConfig)) else [str(variant)]
-
-
 def _positive_int(cfg: DictConfig, key: str) -> int:
     value = cfg.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -485,7 +471,7 @@ def check_inspect_config(cfg: DictConfig, config_dirs: Sequence[str] = (CONFIG_D
             "with ckpt_path, name the encoding with variant=NAME (a member of the checkpoint's family); "
             "pos_enc= inspects an encoding without a checkpoint"
         )
-    names = inspect_variants(cfg.get("variant"))
+    names = names_of(cfg.get("variant"))
     if names and not has_checkpoint:
         raise ConfigError("variant= applies to a checkpoint (ckpt_path=...); without one, use pos_enc=NAME")
     check_encoding_names(names, "variant", config_dirs)

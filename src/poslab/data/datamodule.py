@@ -83,6 +83,17 @@ class RandomizedPositionWindows(Windows):
         return x, y, pos
 
 
+def training_positions(positions: str, context: int, max_position: int | None) -> int:
+    """How many positions training uses: the context, or max_position with randomized positions."""
+    return max_position if positions == "randomized" and max_position else context
+
+
+def whole_windows(num_tokens: int, length: int) -> int:
+    """num_tokens rounded down to whole windows of length: how many held-out tokens every eval
+    length scores (with the longest eval length as length)."""
+    return num_tokens // length * length
+
+
 # The target of every position a training loss must skip (F.cross_entropy's default ignore_index).
 IGNORED = -100
 
@@ -322,7 +333,7 @@ class TokenDataModule(pl.LightningDataModule):
         rounded down to a whole number of windows of the longest eval length, plus one for the
         last target. Every eval length then scores exactly these tokens."""
         test = self.tokens["test"]
-        usable = min(num_tokens, len(test) - 1) // max_length * max_length
+        usable = whole_windows(min(num_tokens, len(test) - 1), max_length)
         if usable == 0:
             raise ValueError(
                 f"eval.lengths: the longest eval length {max_length} is longer than the test split "

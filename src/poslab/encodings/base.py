@@ -14,7 +14,9 @@ Positions are always passed in explicitly as integer tensors of shape (T,) or (B
 assumed to be ``arange(T)``, so offsets and randomised positions work with every encoding.
 
 Work that depends on the positions alone is done once per forward, never once per layer: the model
-calls `prepare` and builds the bias once and hands both to every layer. `prepare`'s default hands
+calls `prepare` and builds the bias once and hands both to every layer (the chunked attention path
+keeps its bias blocks for the next layers while they fit in its budget, and computes the rest again
+in each layer rather than hold a (T, T) bias). `prepare`'s default hands
 rotate() the positions themselves, so an encoding that computes nothing up front can write
 ``rotate(q, k, pos)``.
 """
@@ -47,7 +49,7 @@ class PositionalEncoding(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.family is None:
-            cls.family = f"{cls.__module__}.{cls.__qualname__}"
+            cls.family = _qualified_name(cls)
 
     def embed(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Absolute encodings add to the token embeddings. x: (B, T, D), pos: (T,) or (B, T)."""
@@ -110,7 +112,11 @@ class PositionalEncoding(nn.Module):
 def family_of(encoding: PositionalEncoding | type) -> str:
     """The family of an encoding (an instance or its class)."""
     cls = encoding if isinstance(encoding, type) else type(encoding)
-    return getattr(cls, "family", None) or f"{cls.__module__}.{cls.__qualname__}"
+    return getattr(cls, "family", None) or _qualified_name(cls)
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def span(pos: torch.Tensor) -> int:

@@ -49,7 +49,8 @@ def _product(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     CPU. (With autograd recording, as for tables that learn, the plain product.)"""
     if torch.is_grad_enabled() and (x.requires_grad or table.requires_grad):
         return x * table
-    return torch.mul(x, table, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+    shape = torch.broadcast_shapes(x.shape, table.shape)
+    return torch.mul(x, table, out=torch.empty(shape, dtype=x.dtype, device=x.device))
 
 
 def _rotated(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: int) -> torch.Tensor:
@@ -91,7 +92,8 @@ class _RotatePairs(torch.autograd.Function):
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each channel pair (i, i + d/2) of x (..., d) by its angle: (a, b) -> (a cos - b sin,
     a sin + b cos), with the tables cos and sin (..., d) (each angle twice) broadcast against x."""
-    if cos.requires_grad or sin.requires_grad:  # tables that learn: autograd through the expression
+    if cos.requires_grad or sin.requires_grad or torch.broadcast_shapes(x.shape, cos.shape) != x.shape:
+        # tables that learn, or that broadcast x itself to more dimensions: autograd's gradient
         return _rotated(x, cos, sin, 1)
     return _RotatePairs.apply(x, cos, sin)
 

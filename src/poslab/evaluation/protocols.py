@@ -37,6 +37,8 @@ from poslab.memory import in_batches_that_fit, is_out_of_memory, release_memory
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("nonoverlapping", "sliding")
+# the protocol whose numbers are also logged under the plain extrap/... names
+DEFAULT_PROTOCOL = "nonoverlapping"
 
 
 @dataclass

@@ -30,6 +30,23 @@ def sweep_command(folder: Path) -> tuple[str | None, list[str]] | None:
     return hydra.job.get("config_name"), [str(override) for override in hydra.overrides.task]
 
 
+def launch_overrides(folder: Path) -> tuple[list[str], list[str]] | None:
+    """What a run or sweep folder was launched with, beyond its task overrides: (Hydra's own
+    overrides, such as hydra/launcher=joblib or hydra.launcher.n_jobs=2, without where it ran;
+    the config folders added with --config-dir). None when Hydra recorded nothing there."""
+    path = Path(folder) / SWEEP_FILE
+    if not path.is_file():
+        path = Path(folder) / JOB_HYDRA
+    if not path.is_file():
+        return None
+    hydra = OmegaConf.load(path).hydra
+    own = [str(o) for o in OmegaConf.select(hydra, "overrides.hydra", default=[]) or []]
+    own = [o for o in own if o.partition("=")[0].lstrip("+") not in ("hydra.run.dir", "hydra.sweep.dir")]
+    sources = OmegaConf.select(hydra, "runtime.config_sources", default=[]) or []
+    folders = [str(source.path) for source in sources if source.schema == "file" and source.provider == "command-line"]
+    return own, folders
+
+
 def job_choice(folder: Path, group: str) -> str | None:
     """The option of a config group the job in `folder` ran with (e.g. pos_enc), if recorded."""
     path = Path(folder) / JOB_HYDRA

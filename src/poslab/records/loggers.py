@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from poslab.diagnostics.attention import STATISTICS
-from poslab.evaluation.protocols import ExtrapolationRow
+from poslab.evaluation.protocols import DEFAULT_PROTOCOL, ExtrapolationRow
 from poslab.evaluation.summaries import WITHIN_TOLERANCE, longest_within, mean_accuracy, ratios_to_in_length
-from poslab.figures import passkey_heatmap, pyplot
+from poslab.figures import by_depth, passkey_cell_word, passkey_heatmap, pyplot
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,8 @@ def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
     return loggers
 
 
-# `extrap/ppl`, `extrap/loss`, `extrap/bpb` and their summaries are the nonoverlapping protocol's,
-# as before protocols could be chosen: one name keeps one meaning across runs.
-DEFAULT_PROTOCOL = "nonoverlapping"
+# `extrap/ppl`, `extrap/loss`, `extrap/bpb` and their summaries are the default protocol's
+# (nonoverlapping) under every choice of protocols: one name keeps one meaning across runs.
 METRICS = ("loss", "ppl", "bpb")
 PER_POSITION_KEYS = ("bin_start", "bin_end", "mean_loss", "tokens")
 
@@ -236,17 +235,12 @@ def _log_passkey(run, passkey: dict) -> None:
     run.summary["passkey/in_length_accuracy"] = passkey["in_length_accuracy"]
 
 
-# a passkey cell without an accuracy says why in a word, as in the report
-PASSKEY_STATUS_WORDS = {"unsupported": "n/a", "out_of_memory": "OOM"}
-
-
 def passkey_figure(passkey: dict):
     """One run's passkey grid (results.json's "passkey", [length][depth]) as a heatmap figure."""
     plt = pyplot()
-    by_depth = [list(line) for line in zip(*passkey["accuracy"], strict=True)]  # [depth][length]
-    words = [[PASSKEY_STATUS_WORDS.get(s, s) for s in line] for line in zip(*passkey["status"], strict=True)]
+    words = [[passkey_cell_word(status) for status in line] for line in by_depth(passkey["status"])]
     figure, axes = plt.subplots(figsize=(1.6 + 0.9 * len(passkey["lengths"]), 1.4 + 0.5 * len(passkey["depths"])))
-    image = passkey_heatmap(axes, passkey["lengths"], passkey["depths"], by_depth, words)
+    image = passkey_heatmap(axes, passkey["lengths"], passkey["depths"], by_depth(passkey["accuracy"]), words)
     axes.set_title(f"passkey retrieval, {passkey['trials']} trials per cell (trained at {passkey['train_context']})")
     figure.colorbar(image, ax=axes, label="accuracy (%)")
     figure.tight_layout()

@@ -55,13 +55,15 @@ SCHEMA = "poslab.results/2"
 READABLE_SCHEMAS = ("poslab.results/1", SCHEMA)
 FILENAME = "results.json"
 TRACEBACK_FILENAME = "traceback.txt"
+# beside a finished run's results.json: why a later job in its folder was refused
+REFUSED_FILENAME = "refused.txt"
 STATUSES = ("ok", "failed", "diverged")
 
 # Config keys that only label, place or display a run: two runs that differ in nothing else are
 # the same experiment (seeds are compared separately). A key matches itself and everything below it.
 LABEL_KEYS = (
     "run_group",
-    # speed settings: the same training up to rounding (older runs do not have them)
+    # speed settings: the same training up to rounding (results written without them match too)
     "model.compile",
     "model.optimizer.fused",
     "tags",
@@ -252,21 +254,31 @@ def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: s
     file beside it: what a failed job leaves so a sweep can list it and a person can debug it.
 
     Never raises: a folder that cannot be written (a full disk) gets nothing, and the failure is
-    said on stderr instead. A finished run's results.json is never replaced (a job refused in a
-    folder that holds one keeps it). Returns the results.json written, or None."""
+    said on stderr instead. A finished run's results.json is never replaced: the failure is then
+    recorded as a refusal beside it (record_refusal). Returns the file written, or None."""
     output_dir = Path(output_dir)
-    path = output_dir / FILENAME
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    if _finished(path):
-        print(f"{output_dir}: kept the finished run's {FILENAME}; this job: {message}", file=sys.stderr)
+    if is_finished(output_dir):
+        return record_refusal(output_dir, message)
+    try:
+        results = _failure_results(cfg, output_dir, error, message, task)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically("".join(traceback.format_exception(error)), output_dir / TRACEBACK_FILENAME)
+        return write_results(results, output_dir)
+    except Exception as write_error:  # a full disk, a folder that is gone: say it, never raise
+        why = getattr(write_error, "strerror", None) or str(write_error).splitlines()[0]
+        print(f"{output_dir}: could not record the failure ({why}): {type(error).__name__}: {message}", file=sys.stderr)
         return None
+
+
+def _failure_results(cfg, output_dir: Path, error: BaseException, message: str, task: str) -> dict:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the failure may be the config itself: keep it as composed
         config = OmegaConf.to_container(cfg, resolve=False)
     seed = OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)
     name = OmegaConf.select(cfg, "pos_enc_name", default=None, throw_on_resolution_failure=False)
-    results = build_results(
+    return build_results(
         run={
             "name": f"{name}-s{seed}",
             "pos_enc": name,
@@ -283,21 +295,23 @@ def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: s
         error=f"{type(error).__name__}: {message}",
         traceback_file=TRACEBACK_FILENAME,
     )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically("".join(traceback.format_exception(error)), output_dir / TRACEBACK_FILENAME)
-        return write_results(results, output_dir)
-    except OSError as write_error:
-        print(
-            f"{output_dir}: could not record the failure ({write_error.strerror or write_error}): "
-            f"{type(error).__name__}: {message}",
-            file=sys.stderr,
-        )
-        return None
 
 
-def _finished(path: Path) -> bool:
+def is_finished(folder: str | Path) -> bool:
+    """Whether the job folder holds a finished run (a readable results.json with status ok)."""
     try:
-        return read_results(path)["status"] == "ok"
+        return read_results(Path(folder) / FILENAME)["status"] == "ok"
     except (OSError, ValueError, KeyError):
         return False
+
+
+def record_refusal(folder: str | Path, message: str) -> Path | None:
+    """A job refused in a folder that holds a finished run keeps that run's results.json as it is;
+    the refusal is a line of its own beside it (REFUSED_FILENAME), which the report lists, and
+    on stderr. A later run that reuses the finished job removes it."""
+    folder = Path(folder)
+    print(f"{folder}: kept the finished run's {FILENAME}; this job: {message}", file=sys.stderr)
+    try:
+        return write_text_atomically(message + "\n", folder / REFUSED_FILENAME)
+    except OSError:
+        return None

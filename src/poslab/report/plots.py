@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from poslab.figures import passkey_heatmap, pyplot
+from poslab.figures import passkey_cell_word, passkey_heatmap, pyplot
 from poslab.report.cells import CONFIDENCE, cell_at
 from poslab.report.grouping import Row, scored_lengths
 from poslab.report.loading import Protocol
-from poslab.report.text import PASSKEY_STATUS_TEXT, is_finite, one_line
+from poslab.report.text import is_finite, one_line
 
 log = logging.getLogger("poslab.report")
 
@@ -236,7 +236,7 @@ def passkey_grid(row: Row) -> PasskeyGrid | None:
         if scores.get(cell):
             return ""
         status = (statuses.get(cell) or ["not scored"])[0]
-        return PASSKEY_STATUS_TEXT.get(status, "-")
+        return passkey_cell_word(status)
 
     return PasskeyGrid(
         label=row.label,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from poslab.records.results import REFUSED_FILENAME
 from poslab.report.cells import job_outcome
 from poslab.report.grouping import Row
 from poslab.report.loading import Collection, Protocol, Run
@@ -28,6 +29,11 @@ def problem_lines(found: Collection, root: Path) -> list[str]:
         for folder in found.without_results
     ]
     lines += [f"{relative_to_root(item.path, root)}: unreadable: {item.reason}" for item in found.unreadable]
+    for run in found.runs:  # a later job refused in a finished run's folder: the run is kept, the refusal said
+        refused = run.folder / REFUSED_FILENAME
+        if refused.is_file():
+            reason = (refused.read_text().strip().splitlines() or ["no reason recorded"])[0]
+            lines.append(f"{relative_to_root(run.folder, root)}: refused (the finished run in it is kept): {reason}")
     return lines
 
 

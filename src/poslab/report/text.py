@@ -8,8 +8,6 @@ import re
 from pathlib import Path
 
 ROW_STATUS_TEXT = {"unsupported": "unsupported", "non_finite": "non-finite", "out_of_memory": "out of memory"}
-# a passkey cell is small: its reason is a word
-PASSKEY_STATUS_TEXT = {"unsupported": "n/a", "out_of_memory": "OOM"}
 
 ABSENT = object()  # a key missing from one config: a value of its own, unlike any config value
 
