@@ -1,13 +1,16 @@
 """What several tests share: the tiny sizes, composing a config as the command line would, a small
 text corpus, a tiny trained run, a model with uniform logits, running a console script in-process,
-and strict JSON reading. Tests import it (`from helpers import ...`; tests/ is on pytest's path)."""
+strict JSON reading, and the keys an offline wandb run recorded. Tests import it (`from helpers
+import ...`; tests/ is on pytest's path)."""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -132,3 +135,59 @@ def run_train(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
+
+
+@dataclass
+class LoggedToWandb:
+    """The keys one offline wandb run recorded: history (a media or table key as itself, e.g.
+    passkey/heatmap), summary, and the top level of its config."""
+
+    history: set[str]
+    summary: set[str]
+    config: dict
+
+
+def read_offline_wandb_run(path: Path) -> LoggedToWandb:
+    """Read an offline run's run-*.wandb file as wandb sync would: the records of LevelDB's log
+    format (32 KiB blocks; a 7-byte header per chunk: CRC, length, type full/first/middle/last)
+    after the file's own 7-byte header, each a wandb Record protobuf."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a wandb run file"
+    block, position, pending, records = 32768, 7, b"", []
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk = data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind == 1:
+            records.append(chunk)
+        elif kind in (2, 3):
+            pending += chunk
+        elif kind == 4:
+            records.append(pending + chunk)
+            pending = b""
+    logged = LoggedToWandb(set(), set(), {})
+
+    def key(item) -> str:
+        return item.key or "/".join(item.nested_key)
+
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            logged.history.update(key(item) for item in record.history.item)
+        elif kind == "summary":
+            logged.summary.update(key(item) for item in record.summary.update)
+        elif kind == "config":
+            logged.config.update({key(item): json.loads(item.value_json) for item in record.config.update})
+        elif kind == "run":
+            logged.config.update({key(item): json.loads(item.value_json) for item in record.run.config.update})
+    # a logged image or table is recorded as its fields (passkey/heatmap/_type, ...)
+    logged.history |= {k.rsplit("/", 1)[0] for k in logged.history if k.endswith("/_type")}
+    logged.summary |= {k.rsplit("/", 1)[0] for k in logged.summary if k.endswith("/_type")}
+    return logged

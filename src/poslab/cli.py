@@ -264,3 +264,10 @@ def report_main() -> None:
     from poslab.commands.report import main
 
     main()
+
+
+def dashboard_main() -> None:
+    """The poslab-dashboard console script."""
+    from poslab.commands.dashboard import main
+
+    main()

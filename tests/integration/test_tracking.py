@@ -129,3 +129,25 @@ def test_passkey_grid_on_the_console():
     text = format_passkey(PASSKEY)
     assert text.splitlines()[1].split() == ["128", "100%", "100%", "95%"]
     assert "effective window 256" in text
+
+
+def test_ratio_to_in_length_perplexity_and_loss_by_position_reach_wandb():
+    run = RecordingRun()
+    log_extrapolation([WandbLogger(experiment=run)], rows())
+
+    assert run.step_metrics["extrap/ppl_ratio"] == "extrap/eval_length"
+    assert run.step_metrics["extrap/sliding/position_loss@*"] == "extrap/position"
+    points = [d for d in run.logged if "extrap/eval_length" in d]
+    # each length's perplexity over the same protocol's perplexity at 128
+    assert [d["extrap/ppl_ratio"] for d in points] == [1.0, 8.5 / 8.0, 9.5 / 8.0]
+    assert [d["extrap/sliding/ppl_ratio"] for d in points] == [1.0, 7.9 / 7.5, 8.1 / 7.5]
+    assert run.summary["extrap/ppl_ratio@4x"] == 9.5 / 8.0 and run.summary["extrap/sliding/ppl_ratio@2x"] == 7.9 / 7.5
+    assert run.summary["extrap/ppl_ratio@8x"] is None  # unsupported there: no ratio
+    # loss by position: one point per bin end, each length its own metric
+    by_position = [d for d in run.logged if "extrap/position" in d]
+    assert [d["extrap/position"] for d in by_position] == [1, 128, 256, 512] * 2
+    assert by_position[0] == {
+        "extrap/position": 1,
+        **{f"{p}/position_loss@{n}x": 2.0 for p in ("extrap", "extrap/nonoverlapping") for n in (1, 2, 4)},
+    }
+    assert by_position[1]["extrap/position_loss@1x"] == 1.0 and "extrap/position_loss@2x" not in by_position[1]

@@ -16,6 +16,7 @@ from poslab.encodings import (
     Learned,
     LengthNotSupportedError,
     NoPE,
+    PositionalEncoding,
     RoPE,
     RoPELlama3,
     RoPENTK,
@@ -26,6 +27,7 @@ from poslab.encodings import (
     T5Bias,
     XPos,
     alibi_slopes,
+    mechanism_of,
     span,
 )
 from poslab.model import GPT, CausalSelfAttention, MaskedSdpa, PreparedPositions, causal_bias
@@ -252,6 +254,35 @@ def test_family_names_what_a_checkpoint_can_be_scored_under():
         "kerple": "kerple",
         "fire": "fire",
     }
+
+
+def test_mechanism_is_read_from_the_hooks_a_class_overrides():
+    mechanisms = {name: mechanism_of(make_encoding(name)) for name in ALL}
+    assert {mechanisms[name] for name in ROTARY} == {"rotary"}
+    assert {name: mechanisms[name] for name in ALL if name not in ROTARY} == {
+        "nope": "none",
+        "sinusoidal": "absolute",
+        "learned": "absolute",
+        "xpos": "rotary",
+        "alibi": "bias",
+        "t5_bias": "bias",
+        "kerple": "bias",
+        "fire": "bias",
+    }
+
+    class UserBias(PositionalEncoding):  # a user's encoding declares nothing
+        def bias(self, q_pos, k_pos):
+            return None
+
+    class UserRotary(UserBias):
+        def rotate(self, q, k, prepared):
+            return q, k
+
+    assert (mechanism_of(UserBias), mechanism_of(UserRotary), mechanism_of(PositionalEncoding)) == (
+        "bias",
+        "rotary",
+        "none",
+    )
 
 
 @pytest.mark.parametrize("positions", ["arange", "randomized"])

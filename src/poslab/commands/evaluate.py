@@ -29,7 +29,7 @@ from poslab.config.validate import (
 )
 from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
 from poslab.records.console import write_and_show
-from poslab.records.loggers import finish_wandb, log_extrapolation, make_loggers
+from poslab.records.loggers import finish_wandb, grouping_keys, log_extrapolation, make_loggers
 from poslab.records.results import FILENAME, build_results, read_results
 from poslab.training import LitGPT
 
@@ -85,7 +85,17 @@ def evaluate(cfg: DictConfig) -> dict:
         loggers = make_loggers(_logger_config_for(cfg, name, several=len(models) > 1))
         try:
             for logger in loggers:
-                logger.log_hyperparams({"config": scored_config, "trained_as": trained_name, "variant": name})
+                keys = grouping_keys(
+                    lit.model,
+                    name=name,
+                    trained_as=trained_name,
+                    job="eval",
+                    seed=cfg.seed,
+                    run_group=cfg.get("run_group"),
+                    train_context=context,
+                    max_steps=run_cfg.trainer.get("max_steps"),
+                )
+                logger.log_hyperparams({**keys, "config": scored_config})
             scored = score(
                 lit.model,
                 heldout,

@@ -29,7 +29,7 @@ from poslab.config.validate import check_init_from, check_passkey_filler, check_
 from poslab.data.datamodule import training_positions
 from poslab.errors import ConfigError
 from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint, resumable_checkpoint
-from poslab.records.loggers import finish_wandb, make_loggers
+from poslab.records.loggers import finish_wandb, grouping_keys, make_loggers
 from poslab.records.results import (
     FILENAME,
     REFUSED_FILENAME,
@@ -186,7 +186,22 @@ def train(cfg: DictConfig) -> dict | None:
     loggers = make_loggers(cfg.get("logger"))
     try:
         for logger in loggers:
-            logger.log_hyperparams({"config": resolved, "data": _summary(datamodule.fingerprint)})
+            logger.log_hyperparams(
+                {
+                    **grouping_keys(
+                        lit.model,
+                        name=cfg.pos_enc_name,
+                        trained_as=cfg.pos_enc_name,
+                        job="train",
+                        seed=cfg.seed,
+                        run_group=cfg.run_group,
+                        train_context=cfg.original_context if zero_shot else cfg.data.context,
+                        max_steps=cfg.trainer.get("max_steps"),
+                    ),
+                    "config": resolved,
+                    "data": _summary(datamodule.fingerprint),
+                }
+            )
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
         summary = {} if first_job else {"enable_model_summary": False}  # the first job shows the model
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **summary)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hydra.utils import get_class
 
 from poslab.config import CONFIG_DIR, available, load_choice
-from poslab.encodings import family_of
+from poslab.encodings import family_of, mechanism_of
 
 
 def family_of_target(target: str) -> str:
@@ -26,3 +26,8 @@ def encodings_of_family(family: str, config_dirs: Sequence[str] = (CONFIG_DIR,))
         except (ImportError, AttributeError, ValueError):
             continue
     return names
+
+
+def mechanism_of_target(target: str) -> str:
+    """How the encoding class a config's `_target_` names carries position (encodings.MECHANISMS)."""
+    return mechanism_of(get_class(target))

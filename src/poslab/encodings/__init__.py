@@ -1,7 +1,15 @@
 """Positional encodings: one class per scheme, all implementing the hooks of `base.PositionalEncoding`."""
 
 from poslab.encodings.absolute import Learned, Sinusoidal
-from poslab.encodings.base import LengthNotSupportedError, NoPE, PositionalEncoding, family_of, span
+from poslab.encodings.base import (
+    MECHANISMS,
+    LengthNotSupportedError,
+    NoPE,
+    PositionalEncoding,
+    family_of,
+    mechanism_of,
+    span,
+)
 from poslab.encodings.bias import FIRE, KERPLE, ALiBi, T5Bias, alibi_slopes, t5_relative_bucket
 from poslab.encodings.rotary import (
     RoPE,
@@ -33,7 +41,9 @@ __all__ = [
     "T5Bias",
     "XPos",
     "alibi_slopes",
+    "MECHANISMS",
     "family_of",
+    "mechanism_of",
     "span",
     "t5_relative_bucket",
 ]

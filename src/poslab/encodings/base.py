@@ -115,6 +115,21 @@ def family_of(encoding: PositionalEncoding | type) -> str:
     return getattr(cls, "family", None) or _qualified_name(cls)
 
 
+# How an encoding carries position, read from the hooks its class overrides (so a user's encoding
+# has one without declaring it): the report colours rows by it and wandb groups runs by it.
+MECHANISMS = ("absolute", "rotary", "bias", "none")
+
+
+def mechanism_of(encoding: PositionalEncoding | type) -> str:
+    """'absolute' (adds to the token embeddings), 'rotary' (rotates queries and keys), 'bias'
+    (adds to the attention logits) or 'none', by the first hook of those the class overrides."""
+    cls = encoding if isinstance(encoding, type) else type(encoding)
+    for mechanism, hook in (("absolute", "embed"), ("rotary", "rotate"), ("bias", "bias")):
+        if getattr(cls, hook) is not getattr(PositionalEncoding, hook):
+            return mechanism
+    return "none"
+
+
 def _qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 from poslab.diagnostics.attention import STATISTICS
+from poslab.encodings import family_of, mechanism_of
 from poslab.evaluation.protocols import DEFAULT_PROTOCOL, ExtrapolationRow
 from poslab.evaluation.summaries import WITHIN_TOLERANCE, longest_within, mean_accuracy, ratios_to_in_length
 from poslab.figures import by_depth, passkey_cell_word, passkey_heatmap, pyplot
@@ -121,9 +122,39 @@ def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
     return loggers
 
 
+def grouping_keys(model, *, name: str, trained_as: str, job: str, seed, run_group, train_context, max_steps) -> dict:
+    """What a wandb dashboard groups, filters and tabulates runs by, at the top level of the run's
+    config (the full config sits under `config`): `pos_enc_name` is the encoding the numbers were
+    scored under (an eval variant's own name), `trained_as` the one its weights were trained with,
+    `family` and `mechanism` those of the scoring encoding."""
+    return {
+        "pos_enc_name": name,
+        "variant": name,
+        "trained_as": trained_as,
+        "family": family_of(model.pos_enc),
+        "mechanism": mechanism_of(model.pos_enc),
+        "job": job,
+        "seed": seed,
+        "run_group": run_group,
+        "train_context": train_context,
+        "max_steps": max_steps,
+        "parameters": model.num_parameters(),
+    }
+
+
 # `extrap/ppl`, `extrap/loss`, `extrap/bpb` and their summaries are the default protocol's
 # (nonoverlapping) under every choice of protocols: one name keeps one meaning across runs.
 METRICS = ("loss", "ppl", "bpb")
+SUMMARIZED = ("ppl", "bpb")  # also as summaries at each eval length, `extrap/ppl@4x`
+# perplexity over the same run's in-length perplexity (its perplexity at the training context),
+# what an extrapolation claim is about: `extrap/ppl_ratio` and `extrap/ppl_ratio@4x`
+RATIO = "ppl_ratio"
+# the loss by position in the window, per eval length: `extrap/position_loss@4x` against `extrap/position`
+POSITION_LOSS = "position_loss"
+# the longest eval length still within 10% of the in-length perplexity (evaluation.summaries)
+WITHIN_SUMMARY = "max_len_within_10pct"
+LENGTH_STEP = "extrap/eval_length"
+POSITION_STEP = "extrap/position"
 PER_POSITION_KEYS = ("bin_start", "bin_end", "mean_loss", "tokens")
 
 
@@ -150,32 +181,35 @@ def _log_rows(run, rows: list[ExtrapolationRow]) -> None:
     import wandb
 
     protocols = list(dict.fromkeys(row.protocol for row in rows))
-    run.define_metric("extrap/eval_length")
+    ratios = {protocol: _ratios(protocol, rows) for protocol in protocols}
+    run.define_metric(LENGTH_STEP)
     for protocol in protocols:
         for prefix in metric_prefixes(protocol):
-            for metric in METRICS:
-                run.define_metric(f"{prefix}/{metric}", step_metric="extrap/eval_length")
+            for metric in (*METRICS, RATIO):
+                run.define_metric(f"{prefix}/{metric}", step_metric=LENGTH_STEP)
     # one point per length holding every protocol's numbers
     for length in dict.fromkeys(row.eval_length for row in rows):
-        point = {"extrap/eval_length": length}
+        point = {LENGTH_STEP: length}
         for row in rows:
             if row.eval_length == length and row.status == "ok":
                 for prefix in metric_prefixes(row.protocol):
                     point.update({f"{prefix}/{metric}": getattr(row, metric) for metric in METRICS})
+                    if ratios[row.protocol].get(length) is not None:
+                        point[f"{prefix}/{RATIO}"] = ratios[row.protocol][length]
         if len(point) > 1:
             run.log(point)
     for protocol in protocols:
         of_protocol = [row for row in rows if row.protocol == protocol]
         for row in of_protocol:
             for prefix in metric_prefixes(protocol):
-                for metric in ("ppl", "bpb"):  # None when not ok: present in the runs table, but no number
+                for metric in SUMMARIZED:  # None when not ok: present in the runs table, but no number
                     run.summary[f"{prefix}/{metric}@{row.length_ratio:g}x"] = getattr(row, metric)
-        train_context = round(of_protocol[0].eval_length / of_protocol[0].length_ratio)
-        ppl = {row.eval_length: row.ppl if row.status == "ok" else None for row in of_protocol}
-        within = longest_within(ratios_to_in_length(ppl, train_context), train_context, WITHIN_TOLERANCE)
+                run.summary[f"{prefix}/{RATIO}@{row.length_ratio:g}x"] = ratios[protocol].get(row.eval_length)
+        within = longest_within(ratios[protocol], _train_context(of_protocol), WITHIN_TOLERANCE)
         for prefix in metric_prefixes(protocol):
-            run.summary[f"{prefix}/max_len_within_10pct"] = within
+            run.summary[f"{prefix}/{WITHIN_SUMMARY}"] = within
         _log_per_position(run, protocol, of_protocol)
+        _log_position_history(run, protocol, of_protocol)
     table = wandb.Table(columns=ROW_COLUMNS, data=[[getattr(r, c) for c in ROW_COLUMNS] for r in rows])
     run.log({"extrap/table": table})
     bins = [
@@ -187,6 +221,38 @@ def _log_rows(run, rows: list[ExtrapolationRow]) -> None:
     if bins:
         columns = ["protocol", "eval_length", "bin_start", "bin_end", "mean_loss", "tokens"]
         run.log({"extrap/per_position_table": wandb.Table(columns=columns, data=bins)})
+
+
+def _train_context(rows: list[ExtrapolationRow]) -> int:
+    return round(rows[0].eval_length / rows[0].length_ratio)
+
+
+def _ratios(protocol: str, rows: list[ExtrapolationRow]) -> dict[int, float | None]:
+    """Each eval length's perplexity over the same run's in-length perplexity, under `protocol`."""
+    of_protocol = [row for row in rows if row.protocol == protocol]
+    ppl = {row.eval_length: row.ppl if row.status == "ok" else None for row in of_protocol}
+    return ratios_to_in_length(ppl, _train_context(of_protocol))
+
+
+def _log_position_history(run, protocol: str, rows: list[ExtrapolationRow]) -> None:
+    """The loss by position as history against `extrap/position` (the end of each log-spaced bin),
+    one metric per eval length (`.../position_loss@16x`): unlike the per-run chart, a dashboard
+    panel can average these over seeds and group them by encoding."""
+    by_position: dict[int, dict[str, float]] = {}
+    for row in rows:
+        if row.status != "ok" or not row.per_position:
+            continue
+        for end, loss in zip(row.per_position["bin_end"], row.per_position["mean_loss"], strict=True):
+            if loss is not None:
+                for prefix in metric_prefixes(protocol):
+                    by_position.setdefault(end, {})[f"{prefix}/{POSITION_LOSS}@{row.length_ratio:g}x"] = loss
+    if not by_position:
+        return
+    run.define_metric(POSITION_STEP)
+    for prefix in metric_prefixes(protocol):
+        run.define_metric(f"{prefix}/{POSITION_LOSS}@*", step_metric=POSITION_STEP)
+    for end in sorted(by_position):
+        run.log({POSITION_STEP: end, **by_position[end]})
 
 
 def _log_per_position(run, protocol: str, rows: list[ExtrapolationRow]) -> None:
