@@ -703,8 +703,8 @@ def test_html_is_one_valid_page_with_every_plot_inline(tmp_path, capsys):
     assert len(written) == 3
     assert page.count('<img src="data:image/png;base64,') == len(written) == len(checker.images)
     assert base64.b64decode(checker.images[0].removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
-    # nothing loaded from anywhere: no links, scripts or remote sources
-    assert "http" not in page and "<link" not in page and "<script" not in page
-    assert "<h2>Perplexity, protocol nonoverlapping</h2>" in page
+    # nothing loaded from anywhere: no links, remote sources or scripts but the page's own sorting
+    assert "http" not in page and "<link" not in page and page.count("<script") == 1 and "<script src" not in page
+    assert '<h2 id="perplexity-protocol-nonoverlapping">Perplexity, protocol nonoverlapping</h2>' in page
     assert '<td>rope (data.passkey_mix=0.05)</td><td class="number">1,000</td>' in page
     assert "report.html" in capsys.readouterr().out
