@@ -12,10 +12,10 @@ a row that says so, never numbers. Nothing is dropped silently: failed and diver
 folders without a results.json and unreadable results.json files are listed as problems, and
 fast_dev_run jobs as left out.
 
-Beside report.md: extrapolation.png (perplexity against eval length, a panel per protocol, bands
-over seeds); per_position_<protocol>.png (loss by position in the window, a panel per row) and
-passkey.png (passkey retrieval accuracy by length and depth, a panel per row) when the runs
-recorded them.
+Beside report.md: extrapolation.png (perplexity and its ratio to the in-length perplexity against
+eval length, for each protocol, bands over seeds; a panel per mechanism past 8 rows);
+per_position_<protocol>.png (loss by position in the window, a panel per row) and passkey.png
+(passkey retrieval accuracy by length and depth, a panel per row) when the runs recorded them.
 
 The console script and the sweep-end callback are in poslab.commands.report.
 """
@@ -153,7 +153,7 @@ def write_report(root: str | Path, html: bool = False) -> Report:
 def extrapolation_part(
     rows: list[Row], protocols: list[Protocol], root: Path, fast_dev_runs: int = 0
 ) -> tuple[Path | None, str | None]:
-    """extrapolation.png, a panel per protocol that has a finite perplexity; or why there is none."""
+    """extrapolation.png, for each protocol that has a finite perplexity; or why there is none."""
     panels = []
     for protocol in protocols:
         lines = curves(rows, protocol)

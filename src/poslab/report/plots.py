@@ -1,5 +1,5 @@
-"""The report's figures: perplexity against eval length (a panel per protocol), loss by position
-in the window (a panel per row), passkey retrieval (a heatmap per row)."""
+"""The report's figures: perplexity against eval length (extrapolation_plot.py, re-exported here),
+loss by position in the window (a panel per row), passkey retrieval (a heatmap per row)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from poslab.figures import passkey_cell_word, passkey_heatmap, pyplot
-from poslab.report.cells import CONFIDENCE, cell_at
+
+# the extrapolation figure has a module of its own; the report imports every figure from here
+from poslab.report.extrapolation_plot import curves, plot_extrapolation  # noqa: F401
 from poslab.report.grouping import Row, scored_lengths
 from poslab.report.loading import Protocol
 from poslab.report.text import is_finite, one_line
 
 log = logging.getLogger("poslab.report")
-
-MARKERS = "osD^vP*Xh<>p"
 
 
 def _panel_grid(plt, count: int, width: float, height: float, columns: int = 3, **subplots):
@@ -31,11 +31,6 @@ def _panel_grid(plt, count: int, width: float, height: float, columns: int = 3, 
     for unused in axes[count:]:
         unused.set_visible(False)
     return fig, axes[:count]
-
-
-def _color(plt, index: int, count: int):
-    # ten distinct colours by default; twenty once more rows than that share a plot
-    return f"C{index % 10}" if count <= 10 else plt.get_cmap("tab20")(index % 20)
 
 
 def draw_or_say_why_not(draw: Callable[[Path], None], path: Path, no_data: str | None = None) -> str | None:
@@ -53,77 +48,6 @@ def draw_or_say_why_not(draw: Callable[[Path], None], path: Path, no_data: str |
         path.unlink()
         why_not += f"; the {path.name} of an earlier report was removed"
     return why_not
-
-
-# perplexity against eval length
-
-
-@dataclass
-class Curve:
-    label: str
-    points: list[tuple[int, float]]  # (eval length, mean perplexity), finite values only
-    bands: list[tuple[int, float, float]]  # (eval length, low, high) of the 95% interval, where there is one
-    first_without_value: int | None  # the first length with no value, for the legend
-    train_contexts: set[int]
-
-
-def curves(rows: list[Row], protocol: Protocol) -> list[Curve]:
-    lengths = scored_lengths(rows, protocol)
-    result = []
-    for row in rows:
-        if not row.measured:
-            continue
-        cells = {length: cell_at(row.runs, protocol, length) for length in lengths}
-        finite = {n: cell for n, cell in cells.items() if cell and cell.ppl is not None and math.isfinite(cell.ppl)}
-        points = [(n, cell.ppl) for n, cell in finite.items()]
-        # a perplexity is at least 1: an interval reaching below says only that the seeds are few
-        bands = [
-            (n, max(1.0, cell.ppl - cell.half_width), cell.ppl + cell.half_width)
-            for n, cell in finite.items()
-            if cell.half_width is not None and math.isfinite(cell.half_width)
-        ]
-        missing = [n for n, cell in cells.items() if cell and n not in finite]
-        contexts = {run.train_context for run in row.runs if run.train_context}
-        result.append(Curve(row.label, points, bands, missing[0] if missing else None, contexts))
-    return result
-
-
-def plot_extrapolation(panels: list[tuple[Protocol, list[Curve]]], path: Path) -> None:
-    """A panel per protocol; a row keeps its colour and marker in every panel."""
-    plt = pyplot()
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    labels = list(dict.fromkeys(line.label for _, lines in panels for line in lines if line.points))
-    style = {label: (_color(plt, i, len(labels)), MARKERS[i % len(MARKERS)]) for i, label in enumerate(labels)}
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
-    for ax, (protocol, lines) in zip(axes[0], panels, strict=True):
-        drawn = [line for line in lines if line.points]
-        for line in drawn:
-            color, marker = style[line.label]
-            label = line.label + (f" (no value from {line.first_without_value})" if line.first_without_value else "")
-            # distinct markers and slight transparency keep coinciding runs (rope_pi = rope in context) visible
-            ax.plot(*zip(*line.points, strict=True), color=color, marker=marker, markersize=7, alpha=0.85, label=label)
-            if line.bands:
-                lengths, low, high = zip(*line.bands, strict=True)
-                ax.fill_between(lengths, low, high, color=color, alpha=0.15, linewidth=0)
-        for context in sorted(set().union(*(line.train_contexts for line in drawn))):
-            ax.axvline(context, color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(sorted({length for line in drawn for length, _ in line.points}))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
-        ax.set_xlabel("eval length (tokens)")
-        ax.set_ylabel("perplexity per byte (held-out)")
-        ax.set_title(f"protocol {protocol.title}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Length extrapolation: mean over seeds, band: {CONFIDENCE:.0%} interval; dotted: training context")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # loss by position in the window
