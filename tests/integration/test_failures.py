@@ -72,7 +72,7 @@ BAD_TRAIN_INPUT = [
     ("eval.variants=[rope_pi]", "eval.variants is for poslab-eval"),
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu: allowed: auto, cpu, gpu"),
     ("+ckpt_path=some.ckpt", "to score a checkpoint use poslab-eval ckpt_path="),
-    ("+max_step=10", "max_step: not a poslab-train setting; the top-level keys are task_name, seed,"),
+    ("+max_step=10", "max_step: not a poslab-train setting; the top-level keys are job_name, seed,"),
     ("data.corpus.train=/nonexistent/*.txt", "data.corpus.train: no file matches"),
     ("pos_enc=rop", "pos_enc=rop: unknown; available: " + ", ".join(ENCODINGS)),
     ("data.positions=randomized data.max_position=8", "data.max_position=8 is below data.context=16"),

@@ -89,12 +89,12 @@ def test_a_job_refused_in_a_folder_with_a_finished_run_keeps_it(tmp_path, capsys
 
     job = tmp_path / "0_rope_s0"
     finished = build_results(
-        run={"name": "rope-s0", "pos_enc": "rope", "task": "train"}, config={}, data=None, train={}, extrapolation=[]
+        run={"name": "rope-s0", "pos_enc": "rope", "job": "train"}, config={}, data=None, train={}, extrapolation=[]
     )
     path = write_results(finished, job)
     before = path.read_bytes()
     error = ConfigError("holds a finished run with another config")
-    refusal = record_failure(OmegaConf.create({"seed": 0}), job, error, task="train")
+    refusal = record_failure(OmegaConf.create({"seed": 0}), job, error, job="train")
     assert path.read_bytes() == before and sorted(p.name for p in job.iterdir()) == ["refused.txt", "results.json"]
     assert refusal == job / "refused.txt"
     assert "kept the finished run's results.json; this job: holds a finished run" in capsys.readouterr().err
@@ -128,7 +128,7 @@ def test_recording_a_failure_on_a_full_disk_says_it_in_one_line(tmp_path, monkey
 
     monkeypatch.setattr(PathType, "write_text", no_space)
     error = RuntimeError("disk full while training")
-    assert record_failure(OmegaConf.create({"seed": 0}), tmp_path / "job", error, task="train") is None
+    assert record_failure(OmegaConf.create({"seed": 0}), tmp_path / "job", error, job="train") is None
     err = capsys.readouterr().err.strip().splitlines()
     said = "could not record the failure (No space left on device): RuntimeError: disk full while training"
     assert err == [f"{tmp_path / 'job'}: {said}"]

@@ -33,7 +33,7 @@ ENCODING_CONFIGS = {
 def make_config(pos_enc: str, seed: int, folder: Path, settings: dict) -> dict:
     """A resolved config shaped like a real one; `settings` sets dotted keys."""
     config = {
-        "task_name": "train",
+        "job_name": "train",
         "seed": seed,
         "pos_enc_name": pos_enc,
         "run_group": "sweep-1",
@@ -124,7 +124,7 @@ def job(
             "seed": seed,
             "group": "sweep-1",
             "output_dir": str(output_dir),
-            "task": "train",
+            "job": "train",
             **(run or {}),
         },
         config=config,
@@ -149,9 +149,9 @@ def eval_job(root: Path, folder: str, *, variant: str, checkpoint_run: str, seed
         pos_enc=variant,
         seed=seed,
         scores=scores,
-        settings={"task_name": "eval", "ckpt_path": f"/runs/{checkpoint_run}/checkpoints/last.ckpt"},
+        settings={"job_name": "eval", "ckpt_path": f"/runs/{checkpoint_run}/checkpoints/last.ckpt"},
         run={
-            "task": "eval",
+            "job": "eval",
             "variant": variant,
             "trained_as": "rope",
             "checkpoint_run": checkpoint_run,
@@ -313,7 +313,7 @@ def test_unreadable_results_are_listed_with_the_reason(tmp_path):
     )
     assert result.problems[1:] == [
         "3_nan/results.json: unreadable: non-standard JSON number NaN",
-        "4_other/results.json: unreadable: schema 'other/1' is not 'poslab.results/2'",
+        "4_other/results.json: unreadable: schema 'other/1' is not 'poslab.results/3'",
         "5_null/results.json: unreadable: the row at 16 is ok but its ppl is None, not a number",
     ]
     text = result.path.read_text()
@@ -708,3 +708,20 @@ def test_html_is_one_valid_page_with_every_plot_inline(tmp_path, capsys):
     assert '<h2 id="perplexity-protocol-nonoverlapping">Perplexity, protocol nonoverlapping</h2>' in page
     assert '<td>rope (data.passkey_mix=0.05)</td><td class="number">1,000</td>' in page
     assert "report.html" in capsys.readouterr().out
+
+
+def test_files_written_before_the_job_key_still_read_as_their_job(tmp_path):
+    """poslab.results/2 called the job "task" (run.task, config.task_name); such files, e.g. the
+    recorded studies' runs, read as the same train and eval jobs."""
+    from poslab.report.loading import collect
+
+    recorded = Path(__file__).resolve().parents[2] / "experiments" / "extrapolation_cpu" / "runs"
+    old = json.loads(next(recorded.glob("*.json")).read_text())
+    assert old["schema"] == "poslab.results/2" and old["run"]["task"] == "train" and "job" not in old["run"]
+    for job, folder in (("train", "a"), ("eval", "b")):
+        results = json.loads(json.dumps(old))
+        results["run"]["task"] = job
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(results))
+    collection = collect(tmp_path)
+    assert collection.unreadable == [] and sorted(run.job for run in collection.runs) == ["eval", "train"]

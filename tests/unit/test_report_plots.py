@@ -56,7 +56,7 @@ def fake_row(label: str, target: str | None, *seeds: dict, sliding: dict | None 
         pos_enc = {"_target_": target} if target else {}
         results = {
             "status": "ok",
-            "run": {"pos_enc": label, "seed": seed, "task": "train"},
+            "run": {"pos_enc": label, "seed": seed, "job": "train"},
             "config": {"pos_enc": pos_enc, "data": {"context": CONTEXT}} if config else None,
             "train": {"train_context": CONTEXT},
             "extrapolation": rows,

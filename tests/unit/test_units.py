@@ -91,7 +91,7 @@ def test_non_finite_scores_are_a_status_not_a_number():
 
 def test_results_json_is_strict(tmp_path):
     results = build_results(
-        run={"name": "x-s0", "pos_enc": "x", "seed": 0, "task": "train"},
+        run={"name": "x-s0", "pos_enc": "x", "seed": 0, "job": "train"},
         config={"model": {"lr": 1.0}},
         data=None,
         train={"train_loss": float("nan"), "val_loss": float("inf")},

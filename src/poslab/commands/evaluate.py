@@ -127,7 +127,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "seed": run_cfg.seed,
             "group": cfg.run_group,
             "output_dir": str(Path(cfg.paths.output_dir)),
-            "task": "eval",
+            "job": "eval",
             "ckpt_path": str(cfg.ckpt_path),
             "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
             "trained_as": trained_name,
@@ -170,6 +170,6 @@ def checkpoint_train_figures(ckpt_path: str, context: int, lit: LitGPT) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@guarded_job(task="eval")
+@guarded_job(job="eval")
 def hydra_main(cfg: DictConfig) -> dict:
     return evaluate(cfg)

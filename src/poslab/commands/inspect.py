@@ -146,7 +146,7 @@ def inspect(cfg: DictConfig) -> dict:
         "status": "ok",
         "run": {
             "name": cfg.pos_enc_name,
-            "task": "inspect",
+            "job": "inspect",
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "output_dir": str(folder),
             "ckpt_path": str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
@@ -173,6 +173,6 @@ def inspect(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="inspect")
-@guarded_job(task="inspect")
+@guarded_job(job="inspect")
 def hydra_main(cfg: DictConfig) -> dict:
     return inspect(cfg)

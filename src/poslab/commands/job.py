@@ -35,7 +35,7 @@ def say_error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
-def guarded_job(task: str) -> Callable:
+def guarded_job(job: str) -> Callable:
     """Wrap a Hydra task function so that no failure costs more than its own job."""
 
     def decorator(function: Callable) -> Callable:
@@ -53,12 +53,12 @@ def guarded_job(task: str) -> Callable:
             except (ConfigError, CorpusUnavailableError) as error:
                 say_error(str(error))
                 if in_sweep:
-                    record_failure(cfg, output_dir, error, task=task)  # a finished run in it: kept
+                    record_failure(cfg, output_dir, error, job=job)  # a finished run in it: kept
                     return None
                 remove_rejected_run_folder(output_dir)
                 sys.exit(2)
             except Exception as error:
-                path = record_failure(cfg, output_dir, error, task=task)
+                path = record_failure(cfg, output_dir, error, job=job)
                 first_line = str(error).splitlines()[0] if str(error) else ""
                 where = f" (traceback: {path.with_name('traceback.txt')})" if path else ""
                 say_error(f"{type(error).__name__}: {first_line}{where}")

@@ -179,7 +179,7 @@ def train(cfg: DictConfig) -> dict | None:
         "seed": cfg.seed,
         "group": cfg.run_group,
         "output_dir": str(output_dir),
-        "task": "train",
+        "job": "train",
         "resumed_from_step": resumed_step,
     }
 
@@ -310,6 +310,6 @@ def _summary(fingerprint: dict) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@guarded_job(task="train")
+@guarded_job(job="train")
 def hydra_main(cfg: DictConfig) -> dict | None:
     return train(cfg)

@@ -1,11 +1,12 @@
 """results.json: one schema, written and read here only.
 
 {
-  "schema": "poslab.results/2",
+  "schema": "poslab.results/3",
   "status": "ok" | "failed" | "diverged",     what happened to the job as a whole
   "error":  null | one line,                   why it failed or diverged
   "traceback": null | "traceback.txt",         the full traceback, a file beside this one
-  "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created", "task": "train" | "eval",
+  "run":   {"name", "pos_enc", "seed", "group", "output_dir", "created", "job": "train" | "eval"
+            (files before poslab.results/3 call it "task"),
             eval runs also "ckpt_path", "checkpoint_run", "trained_as", "variant";
             "resumed_from_step" when a killed run was continued; "reused_at" when a rerun sweep
             found this job done and kept it},
@@ -51,8 +52,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-SCHEMA = "poslab.results/2"
-READABLE_SCHEMAS = ("poslab.results/1", SCHEMA)
+SCHEMA = "poslab.results/3"
+READABLE_SCHEMAS = ("poslab.results/1", "poslab.results/2", SCHEMA)
 FILENAME = "results.json"
 TRACEBACK_FILENAME = "traceback.txt"
 # beside a finished run's results.json: why a later job in its folder was refused
@@ -67,7 +68,8 @@ LABEL_KEYS = (
     "model.compile",
     "model.optimizer.fused",
     "tags",
-    "task_name",
+    "job_name",
+    "task_name",  # job_name before poslab.results/3
     "report_note",
     "paths",
     "logger",
@@ -249,7 +251,7 @@ def find_results(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob(FILENAME))
 
 
-def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: str) -> Path | None:
+def record_failure(cfg, output_dir: str | Path, error: BaseException, *, job: str) -> Path | None:
     """results.json with status "failed" and the error in one line, and the whole traceback in a
     file beside it: what a failed job leaves so a sweep can list it and a person can debug it.
 
@@ -261,7 +263,7 @@ def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: s
     if is_finished(output_dir):
         return record_refusal(output_dir, message)
     try:
-        results = _failure_results(cfg, output_dir, error, message, task)
+        results = _failure_results(cfg, output_dir, error, message, job)
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically("".join(traceback.format_exception(error)), output_dir / TRACEBACK_FILENAME)
         return write_results(results, output_dir)
@@ -271,7 +273,7 @@ def record_failure(cfg, output_dir: str | Path, error: BaseException, *, task: s
         return None
 
 
-def _failure_results(cfg, output_dir: Path, error: BaseException, message: str, task: str) -> dict:
+def _failure_results(cfg, output_dir: Path, error: BaseException, message: str, job: str) -> dict:
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the failure may be the config itself: keep it as composed
@@ -285,7 +287,7 @@ def _failure_results(cfg, output_dir: Path, error: BaseException, message: str, 
             "seed": seed,
             "group": OmegaConf.select(cfg, "run_group", default=None, throw_on_resolution_failure=False),
             "output_dir": str(output_dir),
-            "task": task,
+            "job": job,
         },
         config=config,
         data=None,

@@ -62,7 +62,7 @@ def row_commands(row: Row) -> list[str]:
     recorded = [recorded_overrides(run.folder) for run in row.runs]
     if not recorded or any(overrides is None for overrides in recorded):
         return []
-    program = _program(row.experiment.first.task)
+    program = _program(row.experiment.first.job)
     # key -> its values in order; None for an override without a value (~key)
     values: dict[str, list[str | None]] = {}
     for override in recorded[0]:

@@ -100,7 +100,7 @@ def describe_setup(rows: list[Row]) -> list[str]:
     if not_measured:
         lines[0] += f"; {not_measured} failed or diverged (see Problems)"
     lines += [line for name, figure in SETUP_FIGURES if (line := figure_line(name, figure, described))]
-    train_times = [run.train["wall_time_s"] for run in runs if run.task == "train" and run.train.get("wall_time_s")]
+    train_times = [run.train["wall_time_s"] for run in runs if run.job == "train" and run.train.get("wall_time_s")]
     if train_times:
         low, high = min(train_times), max(train_times)
         spread = f"{low:.0f} s" if round(low) == round(high) else f"{low:.0f} to {high:.0f} s"
@@ -109,7 +109,7 @@ def describe_setup(rows: list[Row]) -> list[str]:
     if mix := passkey_mix_line(rows):
         lines.append(mix)
     for row in measured:
-        if row.experiment.first.task == "eval":
+        if row.experiment.first.job == "eval":
             checkpoints = ", ".join(f"{run.checkpoint_run} (seed {run.seed})" for run in row.runs)
             lines.append(f"- checkpoints of {row.label}: {checkpoints}")
     return lines

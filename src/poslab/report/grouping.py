@@ -41,7 +41,7 @@ class Experiment:
         """The label before any config key: the encoding, or for eval runs, the variant and the
         checkpoint it scored."""
         first = self.first
-        if first.task != "eval":
+        if first.job != "eval":
             return first.encoding
         variant = first.info.get("variant") or first.encoding
         trained_as = first.info.get("trained_as") or "unknown"
@@ -54,7 +54,7 @@ class Experiment:
 def experiment_key(run: Run) -> tuple:
     config = comparable_config(run.results.get("config"), ignore_seed=True)
     return (
-        run.task,
+        run.job,
         run.encoding,
         run.info.get("variant"),
         run.info.get("trained_as"),
@@ -145,7 +145,7 @@ class Row:
 def build_rows(runs: list[Run]) -> list[Row]:
     experiments = group_experiments(runs)
     label_experiments(experiments)
-    experiments.sort(key=lambda e: (e.first.task != "train", natural_key(e.label)))
+    experiments.sort(key=lambda e: (e.first.job != "train", natural_key(e.label)))
     rows = []
     for experiment in experiments:
         if experiment.measured:

@@ -61,8 +61,9 @@ class Run:
         return self.results["status"]
 
     @property
-    def task(self) -> str:
-        return self.info.get("task") or "train"
+    def job(self) -> str:
+        """train, eval or inspect ("task" in files before poslab.results/3)."""
+        return self.info.get("job") or self.info.get("task") or "train"
 
     @property
     def encoding(self) -> str:
@@ -176,7 +177,7 @@ def split_by_variant(results: dict) -> list[dict]:
     """An eval that scored one checkpoint under several variants (eval.variants) is one
     results.json; the report shows each variant as its own run, on its own line."""
     variants = list(dict.fromkeys(row.get("variant") for row in results["extrapolation"]))
-    if results["run"].get("task") != "eval" or len(variants) < 2:
+    if (results["run"].get("job") or results["run"].get("task")) != "eval" or len(variants) < 2:
         return [results]
     return [
         {
