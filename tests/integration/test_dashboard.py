@@ -42,7 +42,8 @@ def _run(script: str, args: list[str], cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """What a training run (passkey on) and an eval run of two variants logged to wandb, offline."""
+    """What a training run (passkey on), an eval run of two variants and a copy-task run logged
+    to wandb, offline."""
     root = tmp_path_factory.mktemp("dashboard")
     corpus = write_text_corpus(root / "corpus")
     train = root / "train"
@@ -73,8 +74,25 @@ def logged(tmp_path_factory):
         ],
         root,
     )
+    _run(
+        "poslab-train",
+        [
+            "task=copy",
+            "model.net.n_layer=1",
+            "model.net.n_head=2",
+            "model.net.n_embd=32",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "task.train_lengths=[1,4]",
+            "task.examples_per_length=8",
+            "logger=wandb",
+            f"run_group={GROUP}",
+            f"hydra.run.dir={root / 'task'}",
+        ],
+        root,
+    )
     files = sorted(root.glob("*/wandb/offline-run-*/run-*.wandb"))
-    assert len(files) == 3, files  # the training run and one run per variant
+    assert len(files) == 4, files  # the training run, one run per variant, the task run
     return [read_offline_wandb_run(path) for path in files]
 
 
@@ -91,11 +109,19 @@ def unlogged(view, runs) -> list[str]:
 
 
 def test_every_panel_reads_keys_a_real_run_logged(logged):
-    view = poslab_view("someone", "poslab", group=GROUP)
+    view = poslab_view("someone", "poslab", group=GROUP, tasks=["copy"], task_ratios=[1, 1.5, 2, 3, 4])
     assert unlogged(view, logged) == []
     # and the runs carry what the view groups by, at the top level of their config
-    names = sorted((run.config["pos_enc_name"], run.config["trained_as"], run.config["job"]) for run in logged)
-    assert names == [("rope", "rope", "eval"), ("rope", "rope", "train"), ("rope_pi", "rope", "eval")]
+    names = sorted(
+        (run.config["pos_enc_name"], run.config["trained_as"], run.config["job"], run.config["task"] or "")
+        for run in logged
+    )
+    assert names == [
+        ("rope", "rope", "eval", ""),
+        ("rope", "rope", "train", ""),
+        ("rope", "rope", "train", "copy"),
+        ("rope_pi", "rope", "eval", ""),
+    ]
     assert {run.config["family"] for run in logged} == {"rotary"} and {run.config["run_group"] for run in logged} == {
         GROUP
     }
@@ -116,7 +142,7 @@ def test_a_panel_for_a_metric_no_run_logs_is_caught(logged):
 
 
 def test_ratio_is_logged_against_eval_length_and_as_summaries(logged):
-    train = next(run for run in logged if run.config["job"] == "train")
+    train = next(run for run in logged if run.config["job"] == "train" and not run.config["task"])
     for prefix in ("extrap", "extrap/nonoverlapping", "extrap/sliding"):
         assert f"{prefix}/ppl_ratio" in train.history
         assert {f"{prefix}/ppl_ratio@{n}x" for n in (1, 2, 4, 8, 16)} <= train.summary
@@ -130,6 +156,7 @@ def test_dry_run_writes_the_view_and_sends_nothing(tmp_path, monkeypatch, capsys
     assert spec["view"]["group"] == GROUP and spec["wandb_view"]["entity"] == "someone"
     titles = [panel["title"] for section in spec["view"]["sections"] for panel in section["panels"]]
     assert "perplexity / in-length perplexity" in titles and "passkey retrieval by length and depth" in titles
+    assert not any(title.startswith("copy:") for title in titles)  # task sections only when asked
     # the view model groups by encoding, filters to the group, sorts by the 10-percent summary
     run_set = spec["wandb_view"]["spec"]["section"]["runSets"][0]
     assert run_set["grouping"] == [{"section": "config", "name": "pos_enc_name.value"}]

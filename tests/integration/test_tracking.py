@@ -151,3 +151,28 @@ def test_ratio_to_in_length_perplexity_and_loss_by_position_reach_wandb():
         **{f"{p}/position_loss@{n}x": 2.0 for p in ("extrap", "extrap/nonoverlapping") for n in (1, 2, 4)},
     }
     assert by_position[1]["extrap/position_loss@1x"] == 1.0 and "extrap/position_loss@2x" not in by_position[1]
+
+
+def test_task_accuracy_reaches_wandb_against_input_length():
+    from poslab.records.loggers import log_task
+
+    run = RecordingRun()
+    rows = [
+        {"length": 10, "length_ratio": 1.0, "sequence_length": 21, "status": "ok", "examples": 200,
+         "exact_match": 0.98, "token_accuracy": 0.999, "reason": None},
+        {"length": 20, "length_ratio": 2.0, "sequence_length": 41, "status": "unsupported", "examples": 0,
+         "exact_match": None, "token_accuracy": None, "reason": "max_length=21"},
+    ]  # fmt: skip
+    log_task([WandbLogger(experiment=run)], {"name": "copy", "rows": rows})
+    assert run.step_metrics["task/exact_match"] == run.step_metrics["task/copy/token_accuracy"] == "task/length"
+    (point,) = [d for d in run.logged if "task/length" in d]  # the unsupported length has no point
+    assert point == {
+        "task/length": 10,
+        "task/exact_match": 0.98,
+        "task/token_accuracy": 0.999,
+        "task/copy/exact_match": 0.98,
+        "task/copy/token_accuracy": 0.999,
+    }
+    assert run.summary["task/exact_match@1x"] == 0.98 and run.summary["task/copy/exact_match@2x"] is None
+    (table,) = run.logged_under("task/table")
+    assert table.data[1][3] == "unsupported"

@@ -42,6 +42,16 @@ def _protocols(text: str) -> list[str]:
     return names
 
 
+def _tasks(text: str) -> list[str]:
+    from poslab.config import available
+
+    names, known = [part.strip() for part in text.split(",") if part.strip()], available("task")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task {', '.join(unknown)}; available: {', '.join(known)}")
+    return names
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="poslab-dashboard",
@@ -83,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
         help=f"a section per protocol (default {','.join(PROTOCOLS)})",
     )
     parser.add_argument(
+        "--tasks",
+        type=_tasks,
+        default=[],
+        help="a section per algorithmic task, e.g. copy,sort (task=NAME runs; default: none)",
+    )
+    parser.add_argument(
+        "--task-ratios",
+        type=_numbers,
+        default=[1, 1.5, 2, 3, 4],
+        help="task test lengths as multiples of the longest training length (task.test_lengths_x; default 1,1.5,2,3,4)",
+    )
+    parser.add_argument(
         "--dry-run",
         metavar="FILE",
         help="write the view's specification as JSON to FILE (- for standard output) and contact nothing",
@@ -102,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         ratios=args.ratios,
         passkey_ratios=args.passkey_ratios,
         protocols=args.protocols,
+        tasks=args.tasks,
+        task_ratios=args.task_ratios,
     )
     if args.dry_run:
         text = json.dumps(specification(view), indent=2) + "\n"

@@ -11,12 +11,14 @@ import torch
 from hydra.utils import instantiate
 
 from poslab.config.validate import check_encoding_target, check_passkey_filler, check_same_family
+from poslab.data.tasks import Task
 from poslab.errors import ConfigError
 from poslab.evaluation.passkey import passkey_retrieval
 from poslab.evaluation.protocols import ExtrapolationRow, extrapolation_sweep
 from poslab.evaluation.settings import EvalSettings
+from poslab.evaluation.tasks import score_task
 from poslab.records.console import write_and_show
-from poslab.records.loggers import log_extrapolation
+from poslab.records.loggers import log_extrapolation, log_task
 from poslab.records.results import build_results
 from poslab.training import LitGPT
 
@@ -175,4 +177,47 @@ def score_and_record(
     results = build_results(
         run=run, config=config, data=data, train=train, extrapolation=[row.to_dict() for row in rows], passkey=passkey
     )
+    return write_and_show(results, output_dir)
+
+
+def score_task_and_record(
+    model,
+    task: Task,
+    *,
+    device: torch.device,
+    batch_size: int,
+    loggers: list,
+    run: dict,
+    config: dict,
+    data: dict,
+    train: dict,
+    output_dir,
+) -> dict:
+    """The end of a task run: exact match and token accuracy at every test length, to wandb,
+    results.json in the run folder, and the table on the console."""
+    log.info(
+        "%s: %s at input lengths %s, %d examples each",
+        run["pos_enc"],
+        task.name,
+        task.test_lengths,
+        task.examples_per_length,
+    )
+    rows = score_task(
+        model,
+        task,
+        device=device,
+        batch_size=batch_size,
+        progress=lambda row: log.info(
+            "  %s length %d (%d tokens): %s",
+            task.name,
+            row.length,
+            row.sequence_length,
+            f"exact match {row.exact_match:.3f}, token accuracy {row.token_accuracy:.3f}"
+            if row.status == "ok"
+            else row.status,
+        ),
+    )
+    block = {**task.settings(), "rows": [row.to_dict() for row in rows]}
+    log_task(loggers, block)
+    results = build_results(run=run, config=config, data=data, train=train, extrapolation=[], task=block)
     return write_and_show(results, output_dir)

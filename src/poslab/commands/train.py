@@ -22,10 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab.commands.job import config_dirs, guarded_job, is_first_job, say_error
-from poslab.commands.scoring import score_and_record
+from poslab.commands.scoring import score_and_record, score_task_and_record
 from poslab.config import CONFIG_DIR
 from poslab.config.resolvers import register_resolvers
+from poslab.config.task_config import check_task_train_config
 from poslab.config.validate import check_init_from, check_passkey_filler, check_train_config
+from poslab.data import TaskDataModule
 from poslab.data.datamodule import training_positions
 from poslab.errors import ConfigError
 from poslab.records.checkpoints import CONFIG_KEY, LAST_CHECKPOINT, read_checkpoint, resumable_checkpoint
@@ -53,7 +55,9 @@ def build(cfg: DictConfig):
         # a run shorter than the interval would otherwise never validate nor checkpoint
         with open_dict(cfg):
             cfg.trainer.val_check_interval = max_steps
-    settings = check_train_config(cfg)
+    # a task run (task=NAME) is scored on its task's test lengths, a language model on held-out text
+    task = check_task_train_config(cfg) if cfg.get("task") is not None else None
+    settings = check_train_config(cfg) if task is None else None
     initial = read_checkpoint(cfg.init_from, key="init_from") if cfg.get("init_from") else None
     if initial is not None:
         check_init_from(cfg, initial, config_dirs())
@@ -61,8 +65,10 @@ def build(cfg: DictConfig):
     try:
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
-        heldout = datamodule.heldout_tokens(settings.num_tokens, max(settings.lengths))
-        if settings.passkey is not None:  # the test split may hold fewer tokens than eval.num_tokens asks
+        heldout = None
+        if task is None:
+            heldout = datamodule.heldout_tokens(settings.num_tokens, max(settings.lengths))
+        if settings is not None and settings.passkey is not None:  # the test split may hold fewer tokens
             check_passkey_filler(settings.passkey.lengths, len(heldout) - 1)
         lit = LitGPT(cfg.model.net, cfg.pos_enc, cfg.model.optimizer, cfg.model.scheduler)
         span = training_positions(cfg.data.get("positions"), cfg.data.context, cfg.data.get("max_position"))
@@ -166,12 +172,15 @@ def train(cfg: DictConfig) -> dict | None:
         if zero_shot
         else f"training context {cfg.data.context}"
     )
+    task = datamodule.task if isinstance(datamodule, TaskDataModule) else None
     log.info(
-        "%s: %d parameters, %s, eval lengths %s",
+        "%s: %d parameters, %s, %s",
         cfg.pos_enc_name,
         lit.model.num_parameters(),
         context,
-        list(settings.lengths),
+        f"eval lengths {list(settings.lengths)}"
+        if task is None
+        else f"task {task.name} at lengths {list(task.train_lengths)}, tested at {task.test_lengths}",
     )
     run = {
         "name": f"{cfg.pos_enc_name}-s{cfg.seed}",
@@ -197,6 +206,7 @@ def train(cfg: DictConfig) -> dict | None:
                         run_group=cfg.run_group,
                         train_context=cfg.original_context if zero_shot else cfg.data.context,
                         max_steps=cfg.trainer.get("max_steps"),
+                        task=task.name if task is not None else None,
                     ),
                     "config": resolved,
                     "data": _summary(datamodule.fingerprint),
@@ -231,6 +241,29 @@ def train(cfg: DictConfig) -> dict | None:
         tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
         trained_tokens = (steps - (resumed_step or 0)) * cfg.data.batch_size * cfg.data.context * trainer.world_size
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if task is not None:
+            examples = (steps - (resumed_step or 0)) * cfg.data.batch_size * trainer.world_size
+            return score_task_and_record(
+                lit.model,
+                task,
+                device=lit.device,
+                batch_size=cfg.data.eval_batch_size,
+                loggers=loggers,
+                run=run,
+                config=resolved,
+                data=datamodule.fingerprint,
+                train={
+                    "steps": steps,
+                    "examples": steps * cfg.data.batch_size * trainer.world_size,
+                    "wall_time_s": round(wall_time, 2),
+                    "examples_per_s": round(examples / wall_time, 1) if wall_time > 0 else None,
+                    "parameters": lit.model.num_parameters(),
+                    "train_loss": metrics.get("train/loss"),
+                    "val_loss": metrics.get("val/loss"),
+                    "train_context": train_context,
+                },
+                output_dir=output_dir,
+            )
         return score_and_record(
             lit.model,
             heldout,

@@ -90,6 +90,7 @@ def check_encoding_target(encoding: DictConfig | None, key: str = "pos_enc._targ
 
 
 TRAIN_TARGETS = (
+    "task._target_",
     "pos_enc._target_",
     "model.net._target_",
     "data._target_",
@@ -219,7 +220,24 @@ def check_tokenizer_config(data_cfg, eval_cfg) -> None:
 
 
 def check_train_config(cfg: DictConfig) -> EvalSettings:
-    """Validate a composed training config; returns its evaluation settings."""
+    """Validate a composed language-model training config; returns its evaluation settings."""
+    check_training(cfg)
+    for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
+        _positive(cfg, key)
+    check_positions_config(cfg.data)
+    check_passkey_mix(cfg.data)
+    check_tokenizer_config(cfg.data, cfg.eval)
+    if cfg.eval.get("variants"):
+        raise ConfigError(
+            "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
+            "a training run is scored under its own pos_enc"
+        )
+    return check_eval_config(cfg.eval, cfg.data.context)
+
+
+def check_training(cfg: DictConfig) -> None:
+    """What every training config must hold, language model or task: known keys, importable
+    targets, the model, the optimizer, the trainer."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"{', '.join(missing)} must be given (no default), e.g. {missing[0]}=...")
@@ -234,18 +252,7 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
     check_targets(cfg, TRAIN_TARGETS)
     check_model_config(cfg)
     check_optimizer_config(cfg)
-    for key in ("data.context", "data.batch_size", "data.eval_batch_size", "data.val_tokens"):
-        _positive(cfg, key)
-    check_positions_config(cfg.data)
-    check_passkey_mix(cfg.data)
-    check_tokenizer_config(cfg.data, cfg.eval)
     check_trainer_config(cfg)
-    if cfg.eval.get("variants"):
-        raise ConfigError(
-            "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
-            "a training run is scored under its own pos_enc"
-        )
-    return check_eval_config(cfg.eval, cfg.data.context)
 
 
 # what eval.protocols holds unless a run asks otherwise (conf/eval/extrapolation.yaml)

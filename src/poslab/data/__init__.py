@@ -2,6 +2,7 @@
 
 from poslab.data.corpora import Corpus, HubCorpus, PG19Corpus, StdlibCorpus, TextFilesCorpus
 from poslab.data.datamodule import TokenDataModule, Windows
+from poslab.data.task_datamodule import TaskDataModule
 from poslab.data.token_cache import TokenCache
 from poslab.data.tokenizer import BPETokenizer, ByteTokenizer, PretrainedTokenizer, Tokenizer
 
@@ -15,6 +16,7 @@ __all__ = [
     "StdlibCorpus",
     "TextFilesCorpus",
     "TokenCache",
+    "TaskDataModule",
     "TokenDataModule",
     "Tokenizer",
     "Windows",

@@ -35,9 +35,21 @@ def format_passkey(passkey: dict) -> str:
     return "\n".join(lines)
 
 
+def format_task_rows(rows: list[dict]) -> str:
+    lines = [f"{'length':>7} {'x':>5} {'tokens':>7} {'exact':>7} {'token':>7}  status"]
+    for r in rows:
+        head = f"{r['length']:>7} {r['length_ratio']:>5g} {r['sequence_length']:>7}"
+        if r["status"] == "ok":
+            lines.append(f"{head} {r['exact_match']:>7.3f} {r['token_accuracy']:>7.3f}  ok ({r['examples']} examples)")
+        else:
+            lines.append(f"{head} {'-':>7} {'-':>7}  {r['status']}: {r['reason']}")
+    return "\n".join(lines)
+
+
 def write_and_show(results: dict, output_dir) -> dict:
     """results.json in the run folder, and its tables on the console."""
     results.setdefault("passkey", None)
+    results.setdefault("task", None)
     path = write_results(results, output_dir)
     rows = [ExtrapolationRow(**row) for row in results["extrapolation"]]
     for variant, protocol in dict.fromkeys((row.variant, row.protocol) for row in rows):
@@ -54,5 +66,14 @@ def write_and_show(results: dict, output_dir) -> dict:
         )
     if results["passkey"] is not None:
         log.info("%s passkey retrieval:\n%s", results["run"]["name"], format_passkey(results["passkey"]))
+    if results.get("task") is not None:
+        task = results["task"]
+        log.info(
+            "%s on %s, trained at lengths %s:\n%s",
+            results["run"]["name"],
+            task["name"],
+            task["train_lengths"],
+            format_task_rows(task["rows"]),
+        )
     log.info("wrote %s", path)
     return results

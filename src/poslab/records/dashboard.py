@@ -22,8 +22,10 @@ from poslab.records.loggers import (
     POSITION_LOSS,
     POSITION_STEP,
     RATIO,
+    TASK_STEP,
     WITHIN_SUMMARY,
     metric_prefixes,
+    task_prefixes,
 )
 
 GROUP_BY = "pos_enc_name"
@@ -104,6 +106,20 @@ def _passkey_section(ratios: list[float]) -> Section:
     return Section("Passkey retrieval", panels, is_open=False)
 
 
+def _task_section(task: str, ratios: list[float]) -> Section:
+    # the task's own names (task/copy/exact_match), so the panels need no filter by task
+    prefix = task_prefixes(task)[1]
+    panels = [
+        _line(f"{task}: exact match (greedy decoding) against input length", f"{prefix}/exact_match", TASK_STEP),
+        _line(f"{task}: token accuracy (teacher-forced) against input length", f"{prefix}/token_accuracy", TASK_STEP),
+        *(
+            _bar(f"{task}: exact match at {ratio:g}x the longest training length", f"{prefix}/exact_match@{ratio:g}x")
+            for ratio in ratios
+        ),
+    ]
+    return Section(f"Task: {task}", panels, is_open=True)
+
+
 def _training_section() -> Section:
     return Section(
         "Training",
@@ -124,9 +140,12 @@ def poslab_view(
     ratios: list[float] = (1, 2, 4, 8, 16),
     passkey_ratios: list[float] = (1, 2, 4),
     protocols: list[str] = PROTOCOLS,
+    tasks: list[str] = (),
+    task_ratios: list[float] = (1, 1.5, 2, 3, 4),
 ) -> View:
-    """The view for runs evaluated at `ratios` x their training context under `protocols` (a
-    panel for a length no run scored stays empty in wandb; it is not an error)."""
+    """The view for runs evaluated at `ratios` x their training context under `protocols`, and
+    a section per algorithmic task in `tasks` (scored at `task_ratios` x the longest training
+    length). A panel for a length no run scored stays empty in wandb; it is not an error."""
     ratios = sorted(set(ratios))
     summaries = [f"extrap/ppl@{ratio:g}x" for ratio in ratios] + [
         f"extrap/{RATIO}@{ratio:g}x" for ratio in ratios if ratio > 1
@@ -137,6 +156,7 @@ def poslab_view(
         name=name,
         group=group,
         sections=[
+            *(_task_section(task, sorted(set(task_ratios))) for task in tasks),
             *(_extrapolation_section(protocol, ratios) for protocol in protocols),
             _passkey_section(sorted(set(passkey_ratios))),
             _training_section(),
@@ -146,6 +166,7 @@ def poslab_view(
                 f"config:{key}"
                 for key in (GROUP_BY, "trained_as", "family", "mechanism", "seed", "parameters", "max_steps")
             ),
+            *(["config:task"] if tasks else []),
             *(f"summary:{key}" for key in (*summaries, f"extrap/{WITHIN_SUMMARY}")),
         ],
         sort_by=f"extrap/{WITHIN_SUMMARY}",

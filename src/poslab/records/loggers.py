@@ -122,7 +122,9 @@ def make_loggers(logger_cfg: DictConfig | None) -> list[Logger]:
     return loggers
 
 
-def grouping_keys(model, *, name: str, trained_as: str, job: str, seed, run_group, train_context, max_steps) -> dict:
+def grouping_keys(
+    model, *, name: str, trained_as: str, job: str, seed, run_group, train_context, max_steps, task: str | None = None
+) -> dict:
     """What a wandb dashboard groups, filters and tabulates runs by, at the top level of the run's
     config (the full config sits under `config`): `pos_enc_name` is the encoding the numbers were
     scored under (an eval variant's own name), `trained_as` the one its weights were trained with,
@@ -134,6 +136,7 @@ def grouping_keys(model, *, name: str, trained_as: str, job: str, seed, run_grou
         "family": family_of(model.pos_enc),
         "mechanism": mechanism_of(model.pos_enc),
         "job": job,
+        "task": task,  # the algorithmic task's name; None for a language model
         "seed": seed,
         "run_group": run_group,
         "train_context": train_context,
@@ -311,6 +314,51 @@ def passkey_figure(passkey: dict):
     figure.colorbar(image, ax=axes, label="accuracy (%)")
     figure.tight_layout()
     return figure
+
+
+TASK_STEP = "task/length"
+TASK_METRICS = ("exact_match", "token_accuracy")
+TASK_COLUMNS = [
+    "length",
+    "length_ratio",
+    "sequence_length",
+    "status",
+    "examples",
+    "exact_match",
+    "token_accuracy",
+    "reason",
+]
+
+
+def task_prefixes(task_name: str) -> list[str]:
+    """Where a task's numbers go: task/... (what every task run logs) and task/<name>/..., so a
+    dashboard panel of one task needs no filter."""
+    return ["task", f"task/{task_name}"]
+
+
+def log_task(loggers: list[Logger], task: dict) -> None:
+    """A task run's accuracies to every wandb logger: task/exact_match and task/token_accuracy
+    (and task/<name>/...) against task/length, summaries at each multiple of the longest training
+    length (task/exact_match@2x), and the rows as a table."""
+    for logger in loggers:
+        if not isinstance(logger, WandbLogger):
+            continue
+        import wandb
+
+        run = logger.experiment
+        prefixes = task_prefixes(task["name"])
+        run.define_metric(TASK_STEP)
+        for prefix in prefixes:
+            for metric in TASK_METRICS:
+                run.define_metric(f"{prefix}/{metric}", step_metric=TASK_STEP)
+        for row in task["rows"]:
+            if row["status"] == "ok":
+                run.log({TASK_STEP: row["length"], **{f"{p}/{m}": row[m] for p in prefixes for m in TASK_METRICS}})
+            for prefix in prefixes:
+                for metric in TASK_METRICS:  # None where not ok: in the runs table, but no number
+                    run.summary[f"{prefix}/{metric}@{row['length_ratio']:g}x"] = row[metric]
+        data = [[row[c] for c in TASK_COLUMNS] for row in task["rows"]]
+        run.log({"task/table": wandb.Table(columns=TASK_COLUMNS, data=data)})
 
 
 def finish_wandb() -> None:

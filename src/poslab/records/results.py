@@ -31,10 +31,17 @@
       ok), "status": [[per depth] per length] ("ok" | "unsupported" | "out_of_memory"),
       "reasons": {eval length: why it is not ok}, "effective_window": the longest length up to
       which accuracy is >= threshold at every depth, or null, "in_length_accuracy": mean accuracy
-      at lengths <= train_context, or null, "trained_with_mix": data.passkey_mix, "variant"}
+      at lengths <= train_context, or null, "trained_with_mix": data.passkey_mix, "variant"},
+  "task": null (a language-model run) | {      an algorithmic-task run (task=NAME); "extrapolation" is []
+      "name", its settings ("train_lengths", "test_lengths", "examples_per_length", "seed",
+      "vocab_size", and the task's own, e.g. "alphabet"),
+      "rows": [one per test length: length (input length, in the task's unit), length_ratio (over
+               the longest training length), sequence_length (tokens the model reads), status
+               ("ok" | "unsupported" | "out_of_memory"), reason, examples, exact_match (greedy
+               decoding of the whole target), token_accuracy (answer tokens, teacher-forced)]}
 }
 
-A missing "passkey" (files written before it existed, diverged jobs) reads as null.
+A missing "passkey" or "task" (files written before they existed, diverged jobs) reads as null.
 Strict JSON: a non-finite number is written as null (its row or job says why), never as NaN.
 """
 
@@ -91,7 +98,7 @@ LABEL_KEYS = (
 
 
 # The seed, and the keys that follow it (the order of the training windows)
-SEED_KEYS = ("seed", "data.seed")
+SEED_KEYS = ("seed", "data.seed", "task.seed", "data.task.seed")
 
 
 def flatten(config: dict | None, prefix: str = "") -> dict:
@@ -187,6 +194,7 @@ def build_results(
     error: str | None = None,
     traceback_file: str | None = None,
     passkey: dict | None = None,
+    task: dict | None = None,
 ) -> dict:
     if status not in STATUSES:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
@@ -203,6 +211,7 @@ def build_results(
         "train": train or {},
         "extrapolation": extrapolation,
         "passkey": passkey,
+        "task": task,
     }
 
 

@@ -22,6 +22,8 @@ def _model_figure(run: Run) -> str | None:
 
 def _training_figure(run: Run) -> str | None:
     steps, tokens = run.train.get("steps"), run.train.get("tokens")
+    if steps is not None and run.train.get("examples") is not None:  # a task run counts examples
+        return f"{steps} steps, {count_text(run.train['examples'])} examples"
     return None if steps is None else f"{steps} steps, {count_text(tokens)} tokens"
 
 
@@ -29,6 +31,9 @@ def _data_figure(run: Run) -> str | None:
     data = run.results.get("data")
     if not data:
         return None
+    if task := data.get("task"):  # an algorithmic task: drawn from its seed, no corpus
+        name, vocabulary, lengths = task.get("name"), task.get("vocab_size"), task.get("train_lengths")
+        return f"task {name} (vocabulary {vocabulary}, trained at lengths {lengths})"
     python = f" (Python {data['python']})" if data.get("python") else ""
     tokenizer = data.get("tokenizer") or {"name": "bytes"}
     tokenizer = tokenizer if isinstance(tokenizer, dict) else {"name": tokenizer}

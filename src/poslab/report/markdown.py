@@ -45,6 +45,7 @@ from poslab.report.plots import (
 )
 from poslab.report.problems import lengths_without_value_lines, problem_lines, reuse_lines
 from poslab.report.summary import summary_line
+from poslab.report.tasks import task_of, tasks_part
 from poslab.report.text import relative_to_root
 
 log = logging.getLogger("poslab.report")
@@ -103,30 +104,39 @@ def write_report(root: str | Path, html: bool = False) -> Report:
 
     # fast_dev_run checks the wiring on a batch or two: its numbers measure nothing
     left_out = [run for run in found.runs if run.is_fast_dev_run]
-    rows = build_rows([run for run in found.runs if not run.is_fast_dev_run])
+    measured_runs = [run for run in found.runs if not run.is_fast_dev_run]
+    # task runs have their own part (report/tasks.py); the perplexity tables are language models'
+    task_lines, task_plots = tasks_part(measured_runs, root)
+    language_model_runs = [run for run in measured_runs if task_of(run) is None]
+    rows = build_rows(language_model_runs)
     protocols = protocols_of(rows)
     # with nothing scored anywhere (only failed jobs), one table still says what happened
     tables = [(protocol, markdown_table(rows, protocol)) for protocol in protocols] or [
         (None, markdown_table(rows, None))
     ]
 
-    parts = ["# Length extrapolation report", "", INTRO]
-    if note := seed_count_note(rows):
-        parts += ["", note]
-    if summary := [summary_line(row, protocols) for row in rows if row.measured]:
-        parts += ["", "## Summary", "", SUMMARY_INTRO, "", *summary]
-    for protocol, table in tables:
-        parts += ["", f"## Perplexity, protocol {protocol.title}" if protocol else "## Results", "", table]
-    plot_path, why_no_plot = extrapolation_part(rows, protocols, root, fast_dev_runs=len(left_out))
-    parts += ["", f"No plot: {why_no_plot}." if why_no_plot else f"![perplexity vs eval length]({PLOT_FILENAME})"]
+    parts = ["# Length extrapolation report"]
+    plot_path, why_no_plot = None, None
+    if rows or not task_lines:
+        parts += ["", INTRO]
+        if note := seed_count_note(rows):
+            parts += ["", note]
+        if summary := [summary_line(row, protocols) for row in rows if row.measured]:
+            parts += ["", "## Summary", "", SUMMARY_INTRO, "", *summary]
+        for protocol, table in tables:
+            parts += ["", f"## Perplexity, protocol {protocol.title}" if protocol else "## Results", "", table]
+        plot_path, why_no_plot = extrapolation_part(rows, protocols, root, fast_dev_runs=len(left_out))
+        parts += ["", f"No plot: {why_no_plot}." if why_no_plot else f"![perplexity vs eval length]({PLOT_FILENAME})"]
+    parts += task_lines
     if left_out:
         folders = ", ".join(relative_to_root(run.folder, root) for run in left_out)
         parts += ["", f"Left out of the table: {len(left_out)} fast_dev_run job(s), which check wiring: {folders}."]
     position_lines, position_plots = per_position_part(rows, protocols, root)
     passkey_lines, passkey_plots = passkey_part(rows, root)
     parts += position_lines + passkey_lines
-    parts += ["", "## Commands", *command_lines(rows, root)]
-    parts += ["", "## Set-up", *describe_setup(rows)]
+    every_row = rows + build_rows([run for run in measured_runs if task_of(run) is not None])
+    parts += ["", "## Commands", *command_lines(every_row, root)]
+    parts += ["", "## Set-up", *describe_setup(every_row)]
     if problems:
         parts += ["", "## Problems", *[f"- {problem}" for problem in problems]]
     if reused := reuse_lines(found.runs, root):
@@ -139,13 +149,15 @@ def write_report(root: str | Path, html: bool = False) -> Report:
 
     path = root / REPORT_FILENAME
     path.write_text("\n".join(parts) + "\n")
-    images = ([plot_path] if plot_path else []) + position_plots + passkey_plots
+    images = ([plot_path] if plot_path else []) + position_plots + passkey_plots + task_plots
     html_path = None
     if html:
         html_path = write_html(path)
     also = ", ".join(str(item) for item in [*images, *([html_path] if html_path else [])])
     wrote = f"wrote {path}" + (f" and {also}" if also else "") + (f" (no plot: {why_no_plot})" if why_no_plot else "")
-    tables_text = "\n\n".join(table for _, table in tables)
+    shown = [table for _, table in tables] if rows or not task_lines else []
+    shown += ["\n".join(line for line in task_lines if line.startswith("|"))] if task_lines else []
+    tables_text = "\n\n".join(shown)
     print(f"\n{tables_text}\n\n{wrote}")
     return Report(path=path, plot=plot_path, problems=problems, rows=rows, images=images, html=html_path)
 
