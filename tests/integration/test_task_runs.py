@@ -87,3 +87,34 @@ def test_bad_task_settings_are_one_line_before_any_work(monkeypatch, capfd, tmp_
     lines = [line for line in err.splitlines() if message in line]
     assert len(lines) == 1 and lines[0].startswith("poslab-train: error: "), out + err
     assert not log_dir.exists() or not any(log_dir.rglob("*")), sorted(log_dir.rglob("*"))
+
+
+def test_a_task_checkpoint_is_scored_under_the_rotary_variants(monkeypatch, tmp_path):
+    from poslab.report import write_report
+
+    assert (
+        train_task(
+            monkeypatch, tmp_path / "logs", "task=copy", "pos_enc=rope", "hydra.run.dir=" + str(tmp_path / "run")
+        )
+        == 0
+    )
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    args = [
+        f"ckpt_path={checkpoint}",
+        "eval.variants=[rope,rope_pi,rope_yarn]",
+        "logger=csv",
+        f"paths.log_dir={tmp_path / 'eval'}",
+    ]
+    assert run_console(monkeypatch, cli.eval_main, *args) == 0
+    (path,) = find_results(tmp_path / "eval")
+    results = strict_json(path)
+    assert results["run"]["job"] == "eval" and results["run"]["variants"] == ["rope", "rope_pi", "rope_yarn"]
+    rows = results["task"]["rows"]
+    assert [row["variant"] for row in rows] == ["rope"] * 5 + ["rope_pi"] * 5 + ["rope_yarn"] * 5
+    trained = strict_json(tmp_path / "run" / "results.json")["task"]["rows"]
+    # the same weights and examples: plain rope scores exactly what the training run scored
+    assert [row["exact_match"] for row in rows[:5]] == [row["exact_match"] for row in trained]
+    # within the training context every scaling member is plain rope
+    assert rows[5]["token_accuracy"] == rows[10]["token_accuracy"] == rows[0]["token_accuracy"]
+    text = write_report(tmp_path / "eval").path.read_text()
+    assert "| rope_pi on rope checkpoint (run) |" in text and "| rope_yarn on rope checkpoint (run) |" in text

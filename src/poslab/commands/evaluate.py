@@ -19,17 +19,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poslab.commands.job import config_dirs, guarded_job
-from poslab.commands.scoring import load_heldout, model_under, score, score_passkey
+from poslab.commands.scoring import load_heldout, model_under, score, score_passkey, score_task_block
 from poslab.config import CONFIG_DIR, load_choice
 from poslab.config.resolvers import register_resolvers
+from poslab.config.task_config import make_task
 from poslab.config.validate import (
     check_eval_config,
     check_tokenizer_config,
     eval_variants,
 )
+from poslab.errors import ConfigError
 from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
 from poslab.records.console import write_and_show
-from poslab.records.loggers import finish_wandb, grouping_keys, log_extrapolation, make_loggers
+from poslab.records.loggers import finish_wandb, grouping_keys, log_extrapolation, log_task, make_loggers
 from poslab.records.results import FILENAME, build_results, read_results
 from poslab.training import LitGPT
 
@@ -59,6 +61,8 @@ def evaluate(cfg: DictConfig) -> dict:
         models[name], run_cfg = model_under(
             checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants"
         )
+    if run_cfg.get("task") is not None:
+        return evaluate_task(cfg, checkpoint, models, run_cfg)
     context = run_cfg.data.context
     settings = check_eval_config(cfg.eval, context)
     check_tokenizer_config(run_cfg.data, cfg.eval)
@@ -139,6 +143,76 @@ def evaluate(cfg: DictConfig) -> dict:
         train=checkpoint_train_figures(cfg.ckpt_path, context, next(iter(models.values()))),
         extrapolation=rows,
         passkey=passkey,
+    )
+    return write_and_show(results, Path(cfg.paths.output_dir))
+
+
+def evaluate_task(cfg: DictConfig, checkpoint: dict, models: dict, run_cfg: DictConfig) -> dict:
+    """A task checkpoint under each requested variant: accuracy at the task's test lengths (as
+    trained: the test examples are the training run's), one results.json whose task rows carry
+    their variant, one wandb run per variant."""
+    if (cfg.eval.get("passkey") or {}).get("enabled"):
+        raise ConfigError("eval.passkey scores language models; a task checkpoint is scored on its task's test lengths")
+    task = make_task(run_cfg.task)
+    trained_name = run_cfg.pos_enc_name
+    with open_dict(cfg):
+        cfg.pos_enc_name = next(iter(models)) if len(models) == 1 else trained_name
+        cfg.seed = run_cfg.seed
+    pl.seed_everything(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    scored_config = {
+        **OmegaConf.to_container(run_cfg, resolve=True),
+        "eval": OmegaConf.to_container(cfg.eval),
+        "pos_enc_name": cfg.pos_enc_name,
+        "ckpt_path": str(cfg.ckpt_path),
+    }
+    if len(models) > 1:  # each variant's encoding is in its rows; the config holds the trained one
+        scored_config["pos_enc"] = checkpoint["hyper_parameters"]["pos_enc"]
+    rows = []
+    for name, lit in models.items():
+        lit.to(device)
+        loggers = make_loggers(_logger_config_for(cfg, name, several=len(models) > 1))
+        try:
+            for logger in loggers:
+                keys = grouping_keys(
+                    lit.model,
+                    name=name,
+                    trained_as=trained_name,
+                    job="eval",
+                    seed=cfg.seed,
+                    run_group=cfg.get("run_group"),
+                    train_context=run_cfg.data.context,
+                    max_steps=run_cfg.trainer.get("max_steps"),
+                    task=task.name,
+                )
+                logger.log_hyperparams({**keys, "config": scored_config})
+            block = score_task_block(
+                lit.model, task, device=device, batch_size=run_cfg.data.eval_batch_size, variant=name
+            )
+            log_task(loggers, block)
+            rows += block["rows"]
+        finally:
+            finish_wandb()
+        lit.cpu()
+    results = build_results(
+        run={
+            "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
+            "pos_enc": cfg.pos_enc_name,
+            "seed": run_cfg.seed,
+            "group": cfg.run_group,
+            "output_dir": str(Path(cfg.paths.output_dir)),
+            "job": "eval",
+            "ckpt_path": str(cfg.ckpt_path),
+            "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
+            "trained_as": trained_name,
+            "variant": cfg.pos_enc_name if len(models) == 1 else None,
+            "variants": list(models),
+        },
+        config=scored_config,
+        data={"task": task.settings(), "context": run_cfg.data.context},
+        train=checkpoint_train_figures(cfg.ckpt_path, run_cfg.data.context, next(iter(models.values()))),
+        extrapolation=[],
+        task={**task.settings(), "rows": rows},
     )
     return write_and_show(results, Path(cfg.paths.output_dir))
 

@@ -195,9 +195,18 @@ def score_task_and_record(
 ) -> dict:
     """The end of a task run: exact match and token accuracy at every test length, to wandb,
     results.json in the run folder, and the table on the console."""
+    block = score_task_block(model, task, device=device, batch_size=batch_size, variant=run["pos_enc"])
+    log_task(loggers, block)
+    results = build_results(run=run, config=config, data=data, train=train, extrapolation=[], task=block)
+    return write_and_show(results, output_dir)
+
+
+def score_task_block(model, task: Task, *, device: torch.device, batch_size: int, variant: str) -> dict:
+    """results.json's task block for one model (one variant): the task's settings and a row per
+    test length, each carrying the variant."""
     log.info(
         "%s: %s at input lengths %s, %d examples each",
-        run["pos_enc"],
+        variant,
         task.name,
         task.test_lengths,
         task.examples_per_length,
@@ -217,7 +226,4 @@ def score_task_and_record(
             else row.status,
         ),
     )
-    block = {**task.settings(), "rows": [row.to_dict() for row in rows]}
-    log_task(loggers, block)
-    results = build_results(run=run, config=config, data=data, train=train, extrapolation=[], task=block)
-    return write_and_show(results, output_dir)
+    return {**task.settings(), "rows": [{**row.to_dict(), "variant": variant} for row in rows]}

@@ -68,12 +68,14 @@ def write_and_show(results: dict, output_dir) -> dict:
         log.info("%s passkey retrieval:\n%s", results["run"]["name"], format_passkey(results["passkey"]))
     if results.get("task") is not None:
         task = results["task"]
-        log.info(
-            "%s on %s, trained at lengths %s:\n%s",
-            results["run"]["name"],
-            task["name"],
-            task["train_lengths"],
-            format_task_rows(task["rows"]),
-        )
+        for variant in dict.fromkeys(row.get("variant") for row in task["rows"]):
+            log.info(
+                "%s (%s) on %s, trained at lengths %s:\n%s",
+                results["run"]["name"],
+                variant,
+                task["name"],
+                task["train_lengths"],
+                format_task_rows([row for row in task["rows"] if row.get("variant") == variant]),
+            )
     log.info("wrote %s", path)
     return results

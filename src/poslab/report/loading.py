@@ -176,7 +176,9 @@ def collect(root: str | Path) -> Collection:
 def split_by_variant(results: dict) -> list[dict]:
     """An eval that scored one checkpoint under several variants (eval.variants) is one
     results.json; the report shows each variant as its own run, on its own line."""
-    variants = list(dict.fromkeys(row.get("variant") for row in results["extrapolation"]))
+    task = results.get("task")
+    scored = task["rows"] if task else results["extrapolation"]
+    variants = list(dict.fromkeys(row.get("variant") for row in scored))
     if (results["run"].get("job") or results["run"].get("task")) != "eval" or len(variants) < 2:
         return [results]
     return [
@@ -184,6 +186,7 @@ def split_by_variant(results: dict) -> list[dict]:
             **results,
             "run": {**results["run"], "variant": variant, "pos_enc": variant},
             "extrapolation": [row for row in results["extrapolation"] if row.get("variant") == variant],
+            "task": {**task, "rows": [row for row in task["rows"] if row.get("variant") == variant]} if task else None,
         }
         for variant in variants
     ]
