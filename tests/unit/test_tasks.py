@@ -146,3 +146,24 @@ def test_chance_is_one_over_the_vocabulary_per_answer():
     task = TASKS["parity"](train_lengths=[1, 4])
     assert chance_exact_match(task, 4) == pytest.approx((1 / task.vocab_size) ** 2)
     assert np.isclose(chance_exact_match(TASKS["copy"](alphabet=4, train_lengths=[1, 4]), 3), (1 / 7) ** 4)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_task_config_builds_its_task_and_carries_a_recipe(name, tmp_path):
+    from hydra.utils import instantiate
+
+    from helpers import compose_config
+    from poslab.config import available
+
+    assert sorted(TASKS) == available("task")  # a class for every config, a config for every class
+    cfg = compose_config("train", [f"task={name}", "pos_enc=alibi"], tmp_path)
+    task = instantiate(cfg.task)
+    assert isinstance(task, TASKS[name]) and cfg.data._target_ == "poslab.data.TaskDataModule"
+    assert (cfg.model.net.n_layer, cfg.model.net.n_embd, cfg.trainer.max_steps, cfg.data.batch_size) == (
+        2,
+        64,
+        8000,
+        64,
+    )
+    # the test lengths are 1, 1.5, 2, 3, 4 x the longest training length
+    assert task.test_lengths == [10, 15, 20, 30, 40] and task.train_lengths[1] == 10
