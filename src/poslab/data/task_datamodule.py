@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
@@ -23,13 +24,13 @@ def collate(examples: list[Example], positions: torch.Tensor | None = None):
     next token is not scored; right-padded to the longest example. `positions` (B, T) replaces
     the default 0, 1, 2, ... of every example."""
     width = max(len(example.tokens) for example in examples) - 1
-    x = torch.full((len(examples), width), PAD, dtype=torch.int64)
-    y = torch.full((len(examples), width), IGNORED, dtype=torch.int64)
-    for row, example in enumerate(examples):
-        tokens = torch.tensor(example.tokens, dtype=torch.int64)
-        scored = torch.tensor(example.scored[1:])
+    x = np.full((len(examples), width), PAD, dtype=np.int64)
+    y = np.full((len(examples), width), IGNORED, dtype=np.int64)
+    for row, example in enumerate(examples):  # filled from lists: one numpy call per row and array
+        tokens, scored = np.array(example.tokens), np.array(example.scored[1:])
         x[row, : len(tokens) - 1] = tokens[:-1]
-        y[row, : len(tokens) - 1] = torch.where(scored, tokens[1:], IGNORED)
+        y[row, : len(tokens) - 1] = np.where(scored, tokens[1:], IGNORED)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
     return (x, y) if positions is None else (x, y, positions[:, :width])
 
 
