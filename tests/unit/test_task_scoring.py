@@ -152,3 +152,19 @@ def test_randomized_positions_are_sorted_distinct_and_within_max_position():
     datamodule = TaskDataModule(task, batch_size=4, positions="randomized", max_position=64)
     x, y, pos = next(iter(datamodule.train_dataloader()))
     assert pos.shape == x.shape and (pos < 64).all() and (pos[:, 1:] > pos[:, :-1]).all()
+
+
+def test_a_resumed_run_starts_at_the_batch_of_its_step():
+    from poslab.data.task_datamodule import StepExamples
+
+    task = TASKS["sort"](train_lengths=[1, 6])
+    datamodule = TaskDataModule(task, batch_size=4)
+    straight = StepExamples(datamodule, start_step=0, rank=0, world_size=1)
+    resumed = StepExamples(datamodule, start_step=5, rank=0, world_size=1)
+    sixth = list(zip(range(6), iter(straight), strict=False))[5][1]
+    assert all(torch.equal(a, b) for a, b in zip(sixth, next(iter(resumed)), strict=True))
+    # two ranks deal out the one global batch
+    halves = [next(iter(StepExamples(TaskDataModule(task, batch_size=2), 5, rank, 2))) for rank in (0, 1)]
+    whole = collate(task.training_examples(5, 4))
+    width = whole[0].shape[1]
+    assert torch.equal(torch.cat([torch.nn.functional.pad(h[0], (0, width - h[0].shape[1])) for h in halves]), whole[0])
