@@ -141,13 +141,16 @@ class Task:
 
     def training_examples(self, step: int, batch_size: int) -> list[Example]:
         """The examples of training step `step`, a function of the seed and the step alone."""
-        rng = np.random.default_rng([self.seed, step, 0x7A5C])
-        shortest, longest = self.train_lengths
-        return [self.draw(int(rng.integers(shortest, longest + 1)), rng) for _ in range(batch_size)]
+        return self._at_training_lengths(np.random.default_rng([self.seed, step, 0x7A5C]), batch_size)
 
     def validation_examples(self, count: int) -> list[Example]:
-        """Examples at the training lengths, the same in every run of this seed."""
-        return self.training_examples(step=-1 % (1 << 32), batch_size=count)
+        """Examples at the training lengths from a stream of their own, the same in every run of
+        this seed."""
+        return self._at_training_lengths(np.random.default_rng([self.seed, 0x7A11]), count)
+
+    def _at_training_lengths(self, rng: np.random.Generator, count: int) -> list[Example]:
+        shortest, longest = self.train_lengths
+        return [self.draw(int(rng.integers(shortest, longest + 1)), rng) for _ in range(count)]
 
     def test_examples(self, length: int) -> list[Example]:
         """The examples scored at a test length: the same in every run of this seed, whatever else
