@@ -47,7 +47,7 @@ def answers_right(model, examples: list[Example], device) -> tuple[torch.Tensor,
     predicted = model(x.to(device)).argmax(-1).cpu()
     scored = y != IGNORED
     right = (predicted == y) & scored
-    exact = (right.sum(1) == scored.sum(1)).float()
+    exact = (right.sum(1) == scored.sum(1)).double()
     answers = scored & (y != EOS)  # the end token is scored by exact match only
     return exact, torch.stack([(right & answers).sum(1), answers.sum(1)], 1)
 
@@ -87,7 +87,7 @@ def score_task(
             counts = torch.cat([part[1] for part in parts]).sum(0)
             row.examples = len(examples)
             row.exact_match = float(exact.mean())
-            row.token_accuracy = float(counts[0] / counts[1]) if counts[1] else None
+            row.token_accuracy = counts[0].item() / counts[1].item() if counts[1] else None
         rows.append(row)
         if progress:
             progress(row)
