@@ -160,6 +160,6 @@ def test_every_task_config_builds_its_task_and_carries_a_recipe(name, tmp_path):
     task = instantiate(cfg.task)
     assert isinstance(task, TASKS[name]) and cfg.data._target_ == "poslab.data.TaskDataModule"
     recipe = (cfg.model.net.n_layer, cfg.model.net.n_embd, cfg.trainer.max_steps, cfg.data.batch_size)
-    assert recipe == (4, 64, 8000, 64)
+    assert recipe == (4, 64, 3000, 64)
     # the test lengths are 1, 1.5, 2, 3, 4 x the longest training length
     assert task.test_lengths == [10, 15, 20, 30, 40] and task.train_lengths[1] == 10
