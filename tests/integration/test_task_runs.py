@@ -118,3 +118,16 @@ def test_a_task_checkpoint_is_scored_under_the_rotary_variants(monkeypatch, tmp_
     assert rows[5]["token_accuracy"] == rows[10]["token_accuracy"] == rows[0]["token_accuracy"]
     text = write_report(tmp_path / "eval").path.read_text()
     assert "| rope_pi on rope checkpoint (run) |" in text and "| rope_yarn on rope checkpoint (run) |" in text
+
+
+def test_inspect_refuses_a_task_checkpoint_in_one_line(monkeypatch, capfd, tmp_path):
+    assert train_task(monkeypatch, tmp_path / "logs", "task=copy", "hydra.run.dir=" + str(tmp_path / "run")) == 0
+    capfd.readouterr()
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    status = run_console(
+        monkeypatch, cli.inspect_main, f"ckpt_path={checkpoint}", "logger=csv", f"paths.log_dir={tmp_path / 'inspect'}"
+    )
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if "is a task run (task Copy)" in line]
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("poslab-inspect: error: "), err
+    assert not (tmp_path / "inspect").exists() or not any((tmp_path / "inspect").rglob("*"))

@@ -96,6 +96,12 @@ def inspect(cfg: DictConfig) -> dict:
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if checkpoint is not None:
         models, run_cfg = load_variants(cfg, checkpoint)
+        if run_cfg.get("task") is not None:  # the attention statistics are measured on held-out text
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path} is a task run (task {run_cfg.task._target_.rsplit('.', 1)[-1]}): "
+                "poslab-inspect measures attention on held-out text; give a language-model checkpoint, "
+                "or no ckpt_path to describe the encoding itself"
+            )
         train_context = int(run_cfg.data.context)
         lengths = inspect_lengths(cfg, train_context)
         with open_dict(cfg):
