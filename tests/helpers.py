@@ -42,6 +42,18 @@ TINY = [
     "logger=csv",
 ]
 
+# A task run (task=NAME) as small: a tiny model, three steps, short training lengths
+TINY_TASK = [
+    "model.net.n_layer=1",
+    "model.net.n_head=2",
+    "model.net.n_embd=32",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "task.train_lengths=[1,4]",
+    "task.examples_per_length=8",
+    "logger=csv",
+]
+
 # the console scripts installed beside this interpreter (the project's own virtual environment)
 SCRIPTS = Path(sys.executable).parent
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SCRIPTS, TINY, read_offline_wandb_run, write_text_corpus
+from helpers import SCRIPTS, TINY, TINY_TASK, read_offline_wandb_run, write_text_corpus
 from poslab.commands.dashboard import main
 from poslab.records.dashboard import Panel, panel_keys, poslab_view, specification
 
@@ -78,13 +78,7 @@ def logged(tmp_path_factory):
         "poslab-train",
         [
             "task=copy",
-            "model.net.n_layer=1",
-            "model.net.n_head=2",
-            "model.net.n_embd=32",
-            "trainer.max_steps=3",
-            "trainer.val_check_interval=3",
-            "task.train_lengths=[1,4]",
-            "task.examples_per_length=8",
+            *(o for o in TINY_TASK if not o.startswith("logger=")),
             "logger=wandb",
             f"run_group={GROUP}",
             f"hydra.run.dir={root / 'task'}",

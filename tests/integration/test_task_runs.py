@@ -3,21 +3,9 @@ accuracy per test length in results.json; bad task settings are one line before 
 
 import pytest
 
-from helpers import run_console, strict_json
+from helpers import TINY_TASK, run_console, strict_json
 from poslab import cli
 from poslab.records.results import find_results
-
-# a model and budget small enough for a second or two; the task's own lengths kept short
-TINY_TASK = [
-    "model.net.n_layer=1",
-    "model.net.n_head=2",
-    "model.net.n_embd=32",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "task.train_lengths=[1,4]",
-    "task.examples_per_length=8",
-    "logger=csv",
-]
 
 
 def train_task(monkeypatch, log_dir, *overrides) -> int:

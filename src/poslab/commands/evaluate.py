@@ -50,8 +50,9 @@ def requested_variants(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Score one checkpoint under each requested variant, all on the same held-out tokens; one
-    results.json whose rows carry their variant, one wandb run per variant."""
+    """Score one checkpoint under each requested variant, all on the same held-out tokens (or, for
+    a task checkpoint, the same test examples); one results.json whose rows carry their variant,
+    one wandb run per variant."""
     variants = requested_variants(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path)
     # load every variant before scoring any: one that does not fit is refused up front
@@ -61,17 +62,25 @@ def evaluate(cfg: DictConfig) -> dict:
         models[name], run_cfg = model_under(
             checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants"
         )
-    if run_cfg.get("task") is not None:
-        return evaluate_task(cfg, checkpoint, models, run_cfg)
     context = run_cfg.data.context
-    settings = check_eval_config(cfg.eval, context)
-    check_tokenizer_config(run_cfg.data, cfg.eval)
+    # a task checkpoint is scored on its task's test examples (the training run's), a language
+    # model on held-out text
+    task = make_task(run_cfg.task) if run_cfg.get("task") is not None else None
+    if task is not None:
+        if (cfg.eval.get("passkey") or {}).get("enabled"):
+            raise ConfigError(
+                "eval.passkey scores language models; a task checkpoint is scored on its task's test lengths"
+            )
+    else:
+        settings = check_eval_config(cfg.eval, context)
+        check_tokenizer_config(run_cfg.data, cfg.eval)
     trained_name = run_cfg.pos_enc_name
     with open_dict(cfg):
         cfg.pos_enc_name = variants[0][0] if len(variants) == 1 else trained_name
         cfg.seed = run_cfg.seed  # an eval run is named and grouped by its checkpoint's seed
     pl.seed_everything(cfg.seed)
-    datamodule, heldout = load_heldout(run_cfg.data, settings.num_tokens, max(settings.lengths), settings.passkey)
+    if task is None:
+        datamodule, heldout = load_heldout(run_cfg.data, settings.num_tokens, max(settings.lengths), settings.passkey)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # the checkpoint's config with this evaluation's settings: what was scored
@@ -98,8 +107,16 @@ def evaluate(cfg: DictConfig) -> dict:
                     run_group=cfg.get("run_group"),
                     train_context=context,
                     max_steps=run_cfg.trainer.get("max_steps"),
+                    task=task.name if task is not None else None,
                 )
                 logger.log_hyperparams({**keys, "config": scored_config})
+            if task is not None:
+                block = score_task_block(
+                    lit.model, task, device=device, batch_size=run_cfg.data.eval_batch_size, variant=name
+                )
+                log_task(loggers, block)
+                rows += block["rows"]
+                continue
             scored = score(
                 lit.model,
                 heldout,
@@ -123,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict:
             rows += [row.to_dict() for row in scored]
         finally:
             finish_wandb()
-        lit.cpu()
+            lit.cpu()
     results = build_results(
         run={
             "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
@@ -139,80 +156,11 @@ def evaluate(cfg: DictConfig) -> dict:
             "variants": list(models),
         },
         config=scored_config,
-        data=datamodule.fingerprint,
+        data=datamodule.fingerprint if task is None else {"task": task.settings(), "context": context},
         train=checkpoint_train_figures(cfg.ckpt_path, context, next(iter(models.values()))),
-        extrapolation=rows,
+        extrapolation=rows if task is None else [],
         passkey=passkey,
-    )
-    return write_and_show(results, Path(cfg.paths.output_dir))
-
-
-def evaluate_task(cfg: DictConfig, checkpoint: dict, models: dict, run_cfg: DictConfig) -> dict:
-    """A task checkpoint under each requested variant: accuracy at the task's test lengths (as
-    trained: the test examples are the training run's), one results.json whose task rows carry
-    their variant, one wandb run per variant."""
-    if (cfg.eval.get("passkey") or {}).get("enabled"):
-        raise ConfigError("eval.passkey scores language models; a task checkpoint is scored on its task's test lengths")
-    task = make_task(run_cfg.task)
-    trained_name = run_cfg.pos_enc_name
-    with open_dict(cfg):
-        cfg.pos_enc_name = next(iter(models)) if len(models) == 1 else trained_name
-        cfg.seed = run_cfg.seed
-    pl.seed_everything(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    scored_config = {
-        **OmegaConf.to_container(run_cfg, resolve=True),
-        "eval": OmegaConf.to_container(cfg.eval),
-        "pos_enc_name": cfg.pos_enc_name,
-        "ckpt_path": str(cfg.ckpt_path),
-    }
-    if len(models) > 1:  # each variant's encoding is in its rows; the config holds the trained one
-        scored_config["pos_enc"] = checkpoint["hyper_parameters"]["pos_enc"]
-    rows = []
-    for name, lit in models.items():
-        lit.to(device)
-        loggers = make_loggers(_logger_config_for(cfg, name, several=len(models) > 1))
-        try:
-            for logger in loggers:
-                keys = grouping_keys(
-                    lit.model,
-                    name=name,
-                    trained_as=trained_name,
-                    job="eval",
-                    seed=cfg.seed,
-                    run_group=cfg.get("run_group"),
-                    train_context=run_cfg.data.context,
-                    max_steps=run_cfg.trainer.get("max_steps"),
-                    task=task.name,
-                )
-                logger.log_hyperparams({**keys, "config": scored_config})
-            block = score_task_block(
-                lit.model, task, device=device, batch_size=run_cfg.data.eval_batch_size, variant=name
-            )
-            log_task(loggers, block)
-            rows += block["rows"]
-        finally:
-            finish_wandb()
-        lit.cpu()
-    results = build_results(
-        run={
-            "name": f"{cfg.pos_enc_name}-s{run_cfg.seed}",
-            "pos_enc": cfg.pos_enc_name,
-            "seed": run_cfg.seed,
-            "group": cfg.run_group,
-            "output_dir": str(Path(cfg.paths.output_dir)),
-            "job": "eval",
-            "ckpt_path": str(cfg.ckpt_path),
-            "checkpoint_run": checkpoint_run_name(cfg.ckpt_path),
-            "trained_as": trained_name,
-            "variant": cfg.pos_enc_name if len(models) == 1 else None,
-            "variants": list(models),
-        },
-        config=scored_config,
-        data={"task": task.settings(), "context": run_cfg.data.context},
-        train=checkpoint_train_figures(cfg.ckpt_path, run_cfg.data.context, next(iter(models.values()))),
-        extrapolation=[],
-        task={**task.settings(), "rows": rows},
+        task={**task.settings(), "rows": rows} if task is not None else None,
     )
     return write_and_show(results, Path(cfg.paths.output_dir))
 

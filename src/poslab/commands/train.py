@@ -238,11 +238,24 @@ def train(cfg: DictConfig) -> dict | None:
         # a zero-shot job's weights were trained at the original context, not at this one
         train_context = cfg.original_context if zero_shot else cfg.data.context
         steps = trainer.global_step
-        tokens = steps * cfg.data.batch_size * cfg.data.context * trainer.world_size
-        trained_tokens = (steps - (resumed_step or 0)) * cfg.data.batch_size * cfg.data.context * trainer.world_size
+        # what a step trains on, counted: data.batch_size windows of data.context tokens, or of a
+        # task's examples (of several lengths)
+        unit = "tokens" if task is None else "examples"
+        per_step = cfg.data.batch_size * (cfg.data.context if task is None else 1) * trainer.world_size
+        trained = (steps - (resumed_step or 0)) * per_step
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        train = {
+            "steps": steps,
+            unit: steps * per_step,
+            # this attempt's time and speed (a resumed run: since the resume)
+            "wall_time_s": round(wall_time, 2),
+            f"{unit}_per_s": round(trained / wall_time, 1) if wall_time > 0 else None,
+            "parameters": lit.model.num_parameters(),
+            "train_loss": metrics.get("train/loss"),
+            "val_loss": metrics.get("val/loss"),
+            "train_context": train_context,
+        }
         if task is not None:
-            examples = (steps - (resumed_step or 0)) * cfg.data.batch_size * trainer.world_size
             return score_task_and_record(
                 lit.model,
                 task,
@@ -252,16 +265,7 @@ def train(cfg: DictConfig) -> dict | None:
                 run=run,
                 config=resolved,
                 data=datamodule.fingerprint,
-                train={
-                    "steps": steps,
-                    "examples": steps * cfg.data.batch_size * trainer.world_size,
-                    "wall_time_s": round(wall_time, 2),
-                    "examples_per_s": round(examples / wall_time, 1) if wall_time > 0 else None,
-                    "parameters": lit.model.num_parameters(),
-                    "train_loss": metrics.get("train/loss"),
-                    "val_loss": metrics.get("val/loss"),
-                    "train_context": train_context,
-                },
+                train=train,
                 output_dir=output_dir,
             )
         return score_and_record(
@@ -275,18 +279,7 @@ def train(cfg: DictConfig) -> dict | None:
             config=resolved,
             data=datamodule.fingerprint,
             scored_bytes=datamodule.heldout_bytes(heldout),
-            train={
-                "steps": steps,
-                "tokens": tokens,
-                # this attempt's time and speed (a resumed run: since the resume)
-                "wall_time_s": round(wall_time, 2),
-                "tokens_per_s": round(trained_tokens / wall_time, 1) if wall_time > 0 else None,
-                "parameters": lit.model.num_parameters(),
-                "train_loss": metrics.get("train/loss"),
-                "val_loss": metrics.get("val/loss"),
-                "train_context": train_context,
-                "zero_shot": bool(zero_shot),
-            },
+            train={**train, "zero_shot": bool(zero_shot)},
             output_dir=output_dir,
         )
     finally:
