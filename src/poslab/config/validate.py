@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from poslab.config import CONFIG_DIR, available, load_choice, names_of
@@ -15,10 +16,12 @@ from poslab.config.registry import encodings_of_family, family_of_target
 from poslab.data.datamodule import whole_windows
 from poslab.data.passkey import MIN_LENGTH as PASSKEY_MIN_LENGTH
 from poslab.diagnostics.describe import Settings as InspectSettings
+from poslab.encodings import PositionalEncoding
 from poslab.errors import ConfigError
 from poslab.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from poslab.evaluation.settings import EvalSettings, PasskeySettings
 from poslab.model import ATTENTION_PATHS
+from poslab.model.temperature import TEMPERATURE_RULES
 from poslab.records.checkpoints import CONFIG_KEY
 
 __all__ = ["ConfigError"]
@@ -64,7 +67,9 @@ def eval_lengths(eval_cfg, context: int) -> list[int]:
     return sorted({int(length) for length in lengths})
 
 
-ARCHITECTURE_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd")
+ARCHITECTURE_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd", "sink", "logit_temperature")
+# what a checkpoint saved before a key existed was trained with
+ARCHITECTURE_DEFAULTS = {"sink": False, "logit_temperature": "none"}
 
 
 def check_targets(cfg: DictConfig, keys: tuple[str, ...]) -> None:
@@ -143,6 +148,37 @@ def check_model_config(cfg: DictConfig) -> None:
     compile_setting = cfg.model.get("compile", "auto")
     if compile_setting not in ("auto", True, False):
         raise ConfigError(f"model.compile={compile_setting}: allowed: auto, true, false")
+    check_attention_terms(cfg, attention)
+
+
+def check_attention_terms(cfg: DictConfig, attention: str) -> None:
+    """model.net.sink and model.net.logit_temperature, and whether the attention path asked for
+    can serve the encoding's bias."""
+    net = cfg.model.net
+    sink = net.get("sink", False)
+    if not isinstance(sink, bool):
+        raise ConfigError(f"model.net.sink must be true or false, got {sink!r}")
+    rule = net.get("logit_temperature", "none")
+    if rule not in TEMPERATURE_RULES:
+        raise ConfigError(f"model.net.logit_temperature={rule}: allowed: {', '.join(TEMPERATURE_RULES)}")
+    scale = net.get("temperature_scale")
+    if scale is not None and (not _is_number(scale) or not scale > 0):
+        raise ConfigError(f"model.net.temperature_scale must be a positive number or null, got {scale!r}")
+    if rule in ("logn", "llama4"):
+        train_context = net.get("train_context")
+        if not isinstance(train_context, int) or isinstance(train_context, bool) or train_context < 2:
+            raise ConfigError(
+                f"model.net.logit_temperature={rule} needs model.net.train_context, the training length, "
+                f"of at least 2 tokens; got {train_context!r}"
+            )
+    target = OmegaConf.select(cfg, "pos_enc._target_", default=None)
+    if attention == "flex" and isinstance(target, str):
+        encoding = get_class(target)
+        if encoding.contextual_bias is not PositionalEncoding.contextual_bias:
+            raise ConfigError(
+                f"model.net.attention=flex cannot serve pos_enc={cfg.get('pos_enc_name', target)}: its bias comes from "
+                "each row's logits; use model.net.attention=sdpa, chunked or auto"
+            )
 
 
 POSITIONS = ("contiguous", "randomized")
@@ -436,9 +472,13 @@ def check_init_from(cfg: DictConfig, checkpoint: dict, config_dirs: Sequence[str
     saved_net = checkpoint["hyper_parameters"]["net"]
     net = OmegaConf.to_container(cfg.model.net, resolve=True)
     # what the weights' shapes and meaning depend on (dropout or the attention path may change)
-    differ = sorted(k for k in ("_target_", *ARCHITECTURE_KEYS) if saved_net.get(k) != net.get(k))
+    differ = sorted(
+        k
+        for k in ("_target_", *ARCHITECTURE_KEYS)
+        if saved_net.get(k, ARCHITECTURE_DEFAULTS.get(k)) != net.get(k, ARCHITECTURE_DEFAULTS.get(k))
+    )
     if differ:
-        settings = ", ".join(f"model.net.{k}={saved_net.get(k)}" for k in differ)
+        settings = ", ".join(f"model.net.{k}={saved_net.get(k, ARCHITECTURE_DEFAULTS.get(k))}" for k in differ)
         raise ConfigError(f"init_from={cfg.init_from}: the checkpoint's model differs; use its settings: {settings}")
     key = f"init_from={cfg.init_from}: pos_enc={cfg.pos_enc_name}"
     check_same_family(checkpoint, cfg.pos_enc._target_, key=key, use="continued with", config_dirs=config_dirs)

@@ -4,7 +4,10 @@ The model computes attention with F.scaled_dot_product_attention, which never ma
 probabilities. For analysis they are recomputed from each layer's input through the layer's own
 pieces: its projection (CausalSelfAttention.project, which applies the encoding's rotate() with
 the forward's prepared tables), its logit scale, and the chunked path's blocks of query rows with
-the encoding's bias and the causal mask folded in (BlockBias); then softmax. A forward pre-hook
+the encoding's bias and the causal mask folded in (BlockBias); then the layer's own terms (a bias
+from its input or its logits, a sink) and softmax, as the attention path computes them
+(attention.block_probabilities). With a sink a row's probabilities sum to less than 1: the rest is
+the sink's. A forward pre-hook
 on every block's attention does this while the model runs, one layer and one block of query rows
 at a time, and keeps only per-head sums: memory stays within one block's budget whatever the
 length.
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from poslab.encodings import LengthNotSupportedError
 from poslab.memory import BLOCK_ELEMENTS, row_blocks
 from poslab.model import GPT, BlockBias, CausalSelfAttention, PreparedPositions
+from poslab.model.attention import block_probabilities, with_input_bias
 
 
 def attention_probabilities(
@@ -41,10 +45,12 @@ def attention_probabilities(
     q, k, v = attn.project(x, prepared)
     B, H, T, head_dim = q.shape
     scale = attn.logit_scale(prepared, head_dim)
+    terms = attn.terms(x, prepared)
     block_bias = BlockBias(prepared.pos_enc, prepared.pos, budget, with_mask_only=True)
     for start, stop in row_blocks(T, B * H * T, budget):
-        logits = (q[:, :, start:stop] @ k[:, :, :stop].transpose(-2, -1)) * scale  # (B, H, rows, stop)
-        yield start, (logits + block_bias(start, stop, logits.dtype)).softmax(dim=-1), v[:, :, :stop]
+        mask = with_input_bias(block_bias(start, stop, q.dtype), terms, start, stop)
+        probs = block_probabilities(q[:, :, start:stop], k[:, :, :stop], scale, mask, terms)  # (B, H, rows, stop)
+        yield start, probs, v[:, :, :stop]
 
 
 def recomputed_attention_output(
@@ -185,6 +191,40 @@ def attention_profile(
         if progress is not None:
             progress(rows[-1])
     return rows
+
+
+def mean_log_forget_gates(
+    model: GPT, tokens: np.ndarray, length: int, device: torch.device, max_windows: int = 64
+) -> np.ndarray | None:
+    """(layers, heads): the mean of log f over the held-out `tokens` in windows of `length`, for
+    an encoding with forget gates (FoX's `log_forget_gates`); None for any other. A head's bias at
+    distance m is then m times this on average: its decay per token, like an ALiBi slope."""
+    gates_of = getattr(model.pos_enc, "log_forget_gates", None)
+    if gates_of is None:
+        return None
+    sums = np.zeros((len(model.blocks), model.blocks[0].attn.n_head))
+    counted = [0]
+
+    def probe(layer: int):
+        def hook(attn, args):
+            log_gates = gates_of(args[0], layer).double()  # (B, H, T)
+            sums[layer] += log_gates.sum((0, 2)).cpu().numpy()
+            if layer == 0:
+                counted[0] += log_gates.shape[0] * log_gates.shape[2]
+
+        return hook
+
+    handles = [block.attn.register_forward_pre_hook(probe(i)) for i, block in enumerate(model.blocks)]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for w in range(min(max_windows, (len(tokens) - 1) // length)):
+                window = torch.from_numpy(tokens[w * length : (w + 1) * length].astype(np.int64)).to(device)
+                model(window.unsqueeze(0))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sums / max(1, counted[0])
 
 
 STATISTICS = ("entropy", "mean_distance", "share_beyond_context")

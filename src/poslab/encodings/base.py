@@ -10,6 +10,16 @@ only the hooks it needs; the defaults leave the model position-free (NoPE):
     score_mod(q_pos, k_pos)  the same bias elementwise, for FlexAttention
     logit_scale(length)      a multiplier on the attention logits (YaRN's temperature)
 
+Three hooks serve methods whose terms are not a function of the positions alone; each gets the
+layer's index, since such methods keep weights per layer:
+
+    for_layer(layer)                  the encoding layer `layer` uses (iRoPE: NoPE in some layers)
+    input_bias(x, layer)              a logit bias computed from the layer's input (FoX's forget
+                                      gates) -> InputBias, which gives it by blocks of query rows
+                                      and as a FlexAttention score_mod                x: (B, T, C)
+    contextual_bias(q, logits, layer) a logit bias computed from the queries and the logits of a
+                                      block of query rows (CoPE's positions) -> (B, H, rows, keys)
+
 Positions are always passed in explicitly as integer tensors of shape (T,) or (B, T), never
 assumed to be ``arange(T)``, so offsets and randomised positions work with every encoding.
 
@@ -31,6 +41,19 @@ from torch import nn
 
 # FlexAttention's score_mod: (score, b, h, q_idx, kv_idx) -> score, applied to each logit.
 ScoreMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class InputBias:
+    """A logit bias computed from one layer's input, as every attention path reads it: `rows`
+    gives the bias of query rows [start, stop) over keys [0, stop), (B, H, rows, stop), and
+    `score_mod` its FlexAttention form (None: flex refuses the encoding). Keys after a query may
+    hold any finite value: the causal mask is added to them."""
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_mod(self) -> ScoreMod | None:
+        return None
 
 
 class LengthNotSupportedError(ValueError):
@@ -100,6 +123,31 @@ class PositionalEncoding(nn.Module):
         """Multiplier on the attention logits for positions spanning `length` (YaRN's temperature)."""
         return 1.0
 
+    def for_layer(self, layer: int) -> PositionalEncoding:
+        """The encoding layer `layer` (0-based) runs with; the model prepares each distinct one once
+        per forward. Interleaved schemes (iRoPE) return a member per layer; the default is self."""
+        return self
+
+    def input_bias(self, x: torch.Tensor, layer: int) -> InputBias | None:
+        """A logit bias computed from layer `layer`'s input x (B, T, C) (after its LayerNorm, as
+        the queries are), added to `bias`; None for none. FoX's forget gates."""
+        return None
+
+    def contextual_bias(self, q: torch.Tensor, logits: torch.Tensor, layer: int) -> torch.Tensor | None:
+        """A logit bias computed from a block of query rows q (B, H, rows, hd) and their logits over
+        the keys up to the block's last row (B, H, rows, keys), already scaled, with every other
+        bias and the causal mask (-inf) in them; returns (B, H, rows, keys) or None. The path
+        computes such logits itself (no fused kernel), block by block: CoPE's positions."""
+        return None
+
+    @property
+    def has_input_bias(self) -> bool:
+        return type(self).input_bias is not PositionalEncoding.input_bias
+
+    @property
+    def has_contextual_bias(self) -> bool:
+        return type(self).contextual_bias is not PositionalEncoding.contextual_bias
+
     def check_length(self, length: int) -> None:
         """Raise LengthNotSupportedError if a sequence of `length` positions cannot be encoded."""
         if self.max_length is not None and length > self.max_length:
@@ -117,14 +165,23 @@ def family_of(encoding: PositionalEncoding | type) -> str:
 
 # How an encoding carries position, read from the hooks its class overrides (so a user's encoding
 # has one without declaring it): the report colours rows by it and wandb groups runs by it.
-MECHANISMS = ("absolute", "rotary", "bias", "none")
+# "data-dependent": a bias computed from the input or the logits (FoX, CoPE).
+MECHANISMS = ("absolute", "rotary", "bias", "data-dependent", "none")
 
 
 def mechanism_of(encoding: PositionalEncoding | type) -> str:
     """'absolute' (adds to the token embeddings), 'rotary' (rotates queries and keys), 'bias'
-    (adds to the attention logits) or 'none', by the first hook of those the class overrides."""
+    (adds to the attention logits), 'data-dependent' (a bias from the input or the logits) or
+    'none', by the first hook of those the class overrides."""
     cls = encoding if isinstance(encoding, type) else type(encoding)
-    for mechanism, hook in (("absolute", "embed"), ("rotary", "rotate"), ("bias", "bias")):
+    hooks = (
+        ("absolute", "embed"),
+        ("rotary", "rotate"),
+        ("bias", "bias"),
+        ("data-dependent", "input_bias"),
+        ("data-dependent", "contextual_bias"),
+    )
+    for mechanism, hook in hooks:
         if getattr(cls, hook) is not getattr(PositionalEncoding, hook):
             return mechanism
     return "none"

@@ -135,6 +135,9 @@ def grouping_keys(
         "trained_as": trained_as,
         "family": family_of(model.pos_enc),
         "mechanism": mechanism_of(model.pos_enc),
+        # the model's settings that compose with any encoding (model.net.sink, logit_temperature)
+        "sink": getattr(model, "sink", False),
+        "logit_temperature": getattr(model, "logit_temperature", "none"),
         "job": job,
         "task": task,  # the algorithmic task's name; None for a language model
         "seed": seed,

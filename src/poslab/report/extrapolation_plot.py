@@ -25,11 +25,12 @@ MAX_ROWS_IN_ONE_PANEL = 8
 
 # the mechanisms (poslab.encodings.MECHANISMS) in the order of the columns and the legends, and
 # "other" for a row whose encoding class cannot be found
-MECHANISMS = ("rotary", "bias", "absolute", "none", "other")
+MECHANISMS = ("rotary", "bias", "data-dependent", "absolute", "none", "other")
 # a colour map per mechanism, and the part of it used: from light enough to see on white to dark
 SHADES = {
     "rotary": ("Blues", 0.45, 1.0),
     "bias": ("Oranges", 0.4, 0.95),
+    "data-dependent": ("RdPu", 0.45, 1.0),
     "absolute": ("Greens", 0.4, 1.0),
     "none": ("Greys", 0.75, 1.0),
     "other": ("Greys", 0.35, 0.6),
