@@ -77,6 +77,14 @@ BAD_TRAIN_INPUT = [
     ("pos_enc=rop", "pos_enc=rop: unknown; available: " + ", ".join(ENCODINGS)),
     ("data.positions=randomized data.max_position=8", "data.max_position=8 is below data.context=16"),
     ("data.positions=shuffled", "data.positions=shuffled: allowed: contiguous, randomized"),
+    ("pos_enc=irope", "pos_enc.nope_every=4 must be between 1 and model.net.n_layer=1"),
+    ("model.net.sink=maybe", "model.net.sink must be true or false, got 'maybe'"),
+    ("model.net.logit_temperature=hot", "model.net.logit_temperature=hot: allowed: none, logn, llama4, ssmax"),
+    ("model.net.temperature_scale=-1", "model.net.temperature_scale must be a positive number or null, got -1"),
+    (
+        "pos_enc=cope model.net.attention=flex",
+        "model.net.attention=flex cannot serve pos_enc=cope: its bias comes from each row's logits",
+    ),
     (
         "data.positions=randomized data.max_position=64 pos_enc=learned pos_enc.max_length=16",
         "data.max_position=64 cannot be trained with pos_enc: Learned has positions 0..15 only",

@@ -13,6 +13,9 @@ from poslab.encodings import (
     FIRE,
     KERPLE,
     ALiBi,
+    CoPE,
+    FoX,
+    IRoPE,
     Learned,
     LengthNotSupportedError,
     NoPE,
@@ -33,6 +36,7 @@ from poslab.encodings import (
 from poslab.model import GPT, CausalSelfAttention, MaskedSdpa, PreparedPositions, causal_bias
 
 N_EMBD, N_HEAD, CONTEXT = 32, 4, 16
+N_LAYER = 2  # tiny_gpt's; the encodings with weights per layer are built for it
 
 
 def make_encoding(name: str):
@@ -52,13 +56,29 @@ def make_encoding(name: str):
         "t5_bias": lambda: T5Bias(N_HEAD),
         "kerple": lambda: KERPLE(N_HEAD),
         "fire": lambda: FIRE(N_HEAD),
+        "fox": lambda: FoX(N_EMBD, N_HEAD, N_LAYER),
+        "cope": lambda: CoPE(N_EMBD, N_HEAD, N_LAYER, max_position=CONTEXT),
+        "irope": lambda: IRoPE(N_EMBD, N_HEAD, N_LAYER, nope_every=2),
     }[name]()
 
 
 ROTARY = ["rope", "rope_pi", "rope_ntk", "rope_yarn", "rope_llama3", "rope_base500k", "rope_partial"]
 BIAS = ["alibi", "t5_bias", "kerple", "fire"]
-ALL = ["nope", "sinusoidal", "learned", *ROTARY, "xpos", *BIAS]
-NEW = ["rope_ntk", "rope_yarn", "rope_llama3", "rope_base500k", "rope_partial", "xpos", "t5_bias", "kerple", "fire"]
+DATA_DEPENDENT = ["fox", "cope"]
+ALL = ["nope", "sinusoidal", "learned", *ROTARY, "xpos", "irope", *BIAS, *DATA_DEPENDENT]
+NEW = [
+    "rope_ntk",
+    "rope_yarn",
+    "rope_llama3",
+    "rope_base500k",
+    "rope_partial",
+    "xpos",
+    "t5_bias",
+    "kerple",
+    "fire",
+    *DATA_DEPENDENT,
+    "irope",
+]
 
 
 def random_positions(batch: int, length: int, high: int) -> torch.Tensor:
@@ -68,7 +88,7 @@ def random_positions(batch: int, length: int, high: int) -> torch.Tensor:
 
 def tiny_gpt(name: str) -> GPT:
     torch.manual_seed(0)
-    return GPT(vocab_size=50, n_layer=2, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name)).eval()
+    return GPT(vocab_size=50, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name)).eval()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -253,6 +273,9 @@ def test_family_names_what_a_checkpoint_can_be_scored_under():
         "t5_bias": "t5_bias",
         "kerple": "kerple",
         "fire": "fire",
+        "fox": "fox",
+        "cope": "cope",
+        "irope": "irope",
     }
 
 
@@ -268,6 +291,9 @@ def test_mechanism_is_read_from_the_hooks_a_class_overrides():
         "t5_bias": "bias",
         "kerple": "bias",
         "fire": "bias",
+        "fox": "data-dependent",
+        "cope": "data-dependent",
+        "irope": "rotary",
     }
 
     class UserBias(PositionalEncoding):  # a user's encoding declares nothing
@@ -291,7 +317,7 @@ def test_new_encodings_train_a_few_steps(name, positions):
     """A tiny GPT takes AdamW steps on random tokens without NaN, and every trained weight of
     the encoding gets a gradient (a bias that never reaches the logits would get none)."""
     torch.manual_seed(0)
-    model = GPT(vocab_size=50, n_layer=2, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name))
+    model = GPT(vocab_size=50, n_layer=N_LAYER, n_head=N_HEAD, n_embd=N_EMBD, pos_enc=make_encoding(name))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     B, T = 4, CONTEXT
     losses = []
@@ -317,8 +343,10 @@ def test_each_encoding_has_a_config_that_builds_it(name, tmp_path):
     would, builds the class and settings tested here with the model's and data's sizes."""
     assert (Path(CONFIG_DIR) / "pos_enc" / f"{name}.yaml").read_text().startswith("# ")
     sizes = [f"model.net.n_head={N_HEAD}", f"model.net.n_embd={N_EMBD}", f"data.context={CONTEXT}"]
+    sizes += [f"model.net.n_layer={N_LAYER}", "pos_enc.nope_every=2"] if name == "irope" else []
     cfg = compose_config("train", [f"pos_enc={name}", *sizes], tmp_path)
     built, tested = instantiate(cfg.pos_enc), make_encoding(name)
     assert type(built) is type(tested) and built.family == tested.family
-    for attribute in ("base", "train_length", "factor", "fraction", "scale_base", "num_buckets", "max_distance"):
+    attributes = ("base", "train_length", "factor", "fraction", "scale_base", "num_buckets", "max_distance")
+    for attribute in (*attributes, "max_position", "nope_layers"):
         assert getattr(built, attribute, None) == getattr(tested, attribute, None), attribute

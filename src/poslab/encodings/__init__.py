@@ -3,6 +3,7 @@
 from poslab.encodings.absolute import Learned, Sinusoidal
 from poslab.encodings.base import (
     MECHANISMS,
+    InputBias,
     LengthNotSupportedError,
     NoPE,
     PositionalEncoding,
@@ -11,6 +12,8 @@ from poslab.encodings.base import (
     span,
 )
 from poslab.encodings.bias import FIRE, KERPLE, ALiBi, T5Bias, alibi_slopes, t5_relative_bucket
+from poslab.encodings.data_dependent import CoPE, FoX
+from poslab.encodings.interleaved import IRoPE
 from poslab.encodings.rotary import (
     RoPE,
     RoPELlama3,
@@ -26,6 +29,10 @@ __all__ = [
     "FIRE",
     "KERPLE",
     "ALiBi",
+    "CoPE",
+    "FoX",
+    "IRoPE",
+    "InputBias",
     "Learned",
     "LengthNotSupportedError",
     "NoPE",
