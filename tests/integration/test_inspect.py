@@ -136,6 +136,7 @@ def tiny_model(pos_enc: str, tmp_path: Path):
         "model.net.n_embd=64",
         "data.context=64",
         "logger=csv",
+        *(["pos_enc.nope_every=2"] if pos_enc == "irope" else []),  # 2 layers: the second has no RoPE
     ]
     cfg = compose_config("inspect", overrides, tmp_path)
     torch.manual_seed(0)
@@ -289,6 +290,26 @@ def test_inspect_a_checkpoint_under_its_variants(monkeypatch, tmp_path, rope_che
     assert rows["rope_pi"][2]["layers"] != rows["rope"][2]["layers"]
     for figure in ("rope_attention", "rope_pi_attention", "attention_by_variant", "rope_pi_similarity"):
         assert (folder / f"{figure}.png").is_file()
+
+
+def test_inspect_a_fox_checkpoint_shows_each_heads_decay_and_reach(monkeypatch, tmp_path):
+    """Like ALiBi's slopes: each head's mean forget gate on held-out text, -log of it as the decay
+    per token, and the reach where the mean bias falls below the threshold."""
+    checkpoint = train_tiny_run(tmp_path / "train", "2026-01-01_00-00-00_fox_abc123", "pos_enc=fox")
+    args = [f"ckpt_path={checkpoint}", "lengths_x=[1,2]", "num_tokens=128", "logger=csv", f"paths.log_dir={tmp_path}"]
+    assert run_console(monkeypatch, cli.inspect_main, *args) == 0
+    folder = only_run_folder(tmp_path)
+    results = strict_json(folder / FILENAME)
+    gates = results["encodings"]["fox"]["forget_gates"]
+    mean_gate, reach = np.array(gates["mean_gate"]), np.array(gates["reach"])
+    assert mean_gate.shape == reach.shape == (1, 2)  # layers x heads of the tiny model
+    assert ((0 < mean_gate) & (mean_gate < 1)).all()
+    # the reach is where distance x mean log f first falls below the threshold
+    np.testing.assert_allclose(reach, np.ceil(gates["threshold"] / np.log(mean_gate)))
+    np.testing.assert_allclose(gates["decay_per_token"], -np.log(mean_gate), rtol=1e-6)
+    assert (folder / "fox_forget_gates.png").stat().st_size > 5_000
+    summary = (folder / SUMMARY_FILENAME).read_text()
+    assert "fox layer 0: head 0: gate " in summary and results["attention"]["fox"][0]["status"] == "ok"
 
 
 def test_a_checkpoint_is_inspected_within_its_family(monkeypatch, capfd, tmp_path, rope_checkpoint):

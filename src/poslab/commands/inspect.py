@@ -33,8 +33,14 @@ from poslab.config.validate import (
     check_inspect_config,
     inspect_lengths,
 )
-from poslab.diagnostics.attention import attention_profile
-from poslab.diagnostics.describe import Description, describe_attention, describe_encoding, describe_rotary_members
+from poslab.diagnostics.attention import attention_profile, mean_log_forget_gates
+from poslab.diagnostics.describe import (
+    Description,
+    describe_attention,
+    describe_encoding,
+    describe_forget_gates,
+    describe_rotary_members,
+)
 from poslab.diagnostics.plots import attention_by_variant_figure
 from poslab.encodings import PositionalEncoding, RoPE, family_of
 from poslab.errors import ConfigError
@@ -92,7 +98,7 @@ def inspect(cfg: DictConfig) -> dict:
     settings = check_inspect_config(cfg, config_dirs())
     folder = Path(cfg.paths.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    attention = {}
+    attention, forget_gates = {}, {}
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     if checkpoint is not None:
         models, run_cfg = load_variants(cfg, checkpoint)
@@ -113,6 +119,9 @@ def inspect(cfg: DictConfig) -> dict:
             log.info("%s: attention at lengths %s on %d held-out tokens", name, lengths, len(tokens) - 1)
             model.to(device)
             attention[name] = attention_profile(model, tokens, lengths, train_context, device, progress=_log_row)
+            gates = mean_log_forget_gates(model, tokens, train_context, device)
+            if gates is not None:
+                forget_gates[name] = gates
             model.cpu()
         encodings = {name: model.pos_enc for name, model in models.items()}
         geometry_cfg, trained = run_cfg, True
@@ -126,6 +135,8 @@ def inspect(cfg: DictConfig) -> dict:
     descriptions: dict[str, Description] = {}
     for name, encoding in encodings.items():
         descriptions[name] = describe_encoding(name, encoding, train_context, settings, folder, trained)
+        if name in forget_gates:  # measured on held-out text: replaces the description without data
+            descriptions[name] = describe_forget_gates(name, forget_gates[name], train_context, settings, folder)
     families = {family_of(encoding) for encoding in encodings.values()}
     members = Description()
     if "rotary" in families:

@@ -12,7 +12,7 @@ import torch
 
 from poslab.diagnostics import geometry, plots
 from poslab.diagnostics.attention import STATISTICS, statistic_table
-from poslab.encodings import ALiBi, Learned, PositionalEncoding, RoPE, ScaledRoPE, Sinusoidal, XPos
+from poslab.encodings import ALiBi, IRoPE, Learned, PositionalEncoding, RoPE, ScaledRoPE, Sinusoidal, XPos
 
 # The position-vs-position maps show this many training contexts, at most this many points a side.
 HEATMAP_CONTEXTS = 4
@@ -49,17 +49,70 @@ def describe_encoding(
     encoding = encoding.cpu().eval()
     with torch.no_grad():
         if isinstance(encoding, RoPE):
-            return _rotary(name, encoding, train_context, settings, folder)
+            out = _rotary(name, encoding, train_context, settings, folder)
+            if isinstance(encoding, IRoPE):
+                layers = ", ".join(str(layer + 1) for layer in encoding.nope_layers)
+                out.summary.append(
+                    f"{name}: layers {layers} (counted from 1) have no positional encoding; the rest rotate."
+                )
+                out.numbers["nope_layers"] = list(encoding.nope_layers)
+            return out
         if isinstance(encoding, Sinusoidal):
             return _sinusoidal(name, encoding, train_context, settings, folder)
         if isinstance(encoding, Learned):
             return _learned(name, encoding, train_context, folder, trained)
         if encoding.bias(torch.arange(2), torch.arange(2)) is not None:
             return _bias(name, encoding, train_context, settings, folder, trained)
+        if encoding.has_input_bias or encoding.has_contextual_bias:
+            return _data_dependent(name, encoding)
     return Description(
         numbers={"kind": "none"},
         summary=[f"{name}: no positional signal in any hook; order reaches attention only through the causal mask."],
     )
+
+
+def _data_dependent(name: str, encoding: PositionalEncoding) -> Description:
+    source = "the layer's input (forget gates)" if encoding.has_input_bias else "the queries and the logits"
+    return Description(
+        numbers={"kind": "data-dependent"},
+        summary=[
+            f"{name}: the logit bias is computed from {source}, so it has no form without data; "
+            "a trained checkpoint shows what it learned (poslab-inspect ckpt_path=...)."
+        ],
+    )
+
+
+def describe_forget_gates(
+    name: str, mean_log_gates: np.ndarray, train_context: int, settings: Settings, folder: Path
+) -> Description:
+    """FoX on held-out text: each head's mean gate and decay per token, and its reach, the distance
+    at which its mean bias falls below the threshold (as for a bias head)."""
+    decay = -mean_log_gates  # nats per token, > 0
+    with np.errstate(divide="ignore"):
+        reach = np.ceil(settings.bias_threshold / np.minimum(mean_log_gates, -1e-12))
+    figure = plots.forget_gates_figure(
+        name, mean_log_gates, settings.bias_threshold, reach, train_context, folder / f"{name}_forget_gates.png"
+    )
+    lines = []
+    for layer in range(len(decay)):
+        heads = ", ".join(
+            f"head {h}: gate {np.exp(mean_log_gates[layer, h]):.3f}, reach {reach[layer, h]:,.0f}"
+            for h in range(decay.shape[1])
+        )
+        lines.append(f"{name} layer {layer}: {heads} tokens")
+    summary = [
+        f"{name}: each head's mean forget gate on held-out text (the bias at distance m is m x mean log f) and "
+        f"reach, the distance where that falls below {settings.bias_threshold:g} (training context {train_context}):",
+        *lines,
+    ]
+    numbers = {
+        "mean_log_gate": mean_log_gates.tolist(),
+        "mean_gate": np.exp(mean_log_gates).tolist(),
+        "decay_per_token": decay.tolist(),
+        "reach": reach.tolist(),
+        "threshold": settings.bias_threshold,
+    }
+    return Description(numbers={"forget_gates": numbers}, figures=[figure], summary=summary)
 
 
 def _look_alike_line(name: str, measure: str, look: geometry.LookAlike) -> str:

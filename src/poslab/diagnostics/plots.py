@@ -225,6 +225,35 @@ def bias_figure(
     return _save(fig, path)
 
 
+def forget_gates_figure(
+    name: str, mean_log_gates: np.ndarray, threshold: float, reach: np.ndarray, train_context: int, path: Path
+) -> Path:
+    """FoX: each head's mean bias by distance, m * mean log f, a panel per layer."""
+    n_layer, n_head = mean_log_gates.shape
+    fig, axes = plt.subplots(1, n_layer, figsize=(4 * n_layer, 3.6), sharey=True, squeeze=False)
+    distances = np.arange(0, 16 * train_context + 1)
+    for layer, ax in enumerate(axes[0]):
+        for h in range(n_head):
+            gate = float(np.exp(mean_log_gates[layer, h]))
+            ax.plot(
+                distances,
+                distances * mean_log_gates[layer, h],
+                label=f"head {h}: gate {gate:.3f}, reach {reach[layer, h]:g}",
+            )
+        ax.axhline(threshold, color="tab:red", linewidth=0.8)
+        ax.axvline(train_context, **CONTEXT_LINE)
+        ax.set_xscale("symlog", linthresh=max(1, train_context / 8))
+        ax.set_xlim(0, distances[-1])
+        ax.set_ylim(8 * threshold, 0.5)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("distance i - j (tokens)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("mean bias: distance x mean log f")
+    fig.suptitle(f"{name}: how far back each head sees on held-out text (red: {threshold:g}; dotted: context)")
+    return _save(fig, path)
+
+
 STATISTIC_LABELS = {
     "entropy": "attention entropy (nats)",
     "mean_distance": "mean attention distance (tokens)",
