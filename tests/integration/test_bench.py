@@ -196,3 +196,28 @@ def test_the_per_layer_rope_it_is_timed_against_gives_the_same_numbers():
 
     (ours, our_grads), (theirs, their_grads) = logits_and_grads(False), logits_and_grads(True)
     assert torch.equal(ours, theirs) and all(torch.equal(a, b) for a, b in zip(our_grads, their_grads, strict=True))
+
+
+def test_encodings_bench_times_new_methods_and_settings_against_rope(tmp_path):
+    """scripts/bench_encodings.py at toy sizes: an encoding with weights per layer and an entry
+    with model settings each get a row, and the table is written where --out says."""
+    out = tmp_path / "speed.md"
+    sizes = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--context", "16", "--batch", "2"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_encodings.py"), "--encodings", "fox", "cope", "rope+sink+ssmax"]
+        + ["--repeats", "1", "--steps", "1", *sizes, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = out.read_text()
+    for name in ("rope", "fox", "cope", "rope+sink+ssmax"):
+        assert f"| {name} | " in table
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_encodings.py"), "--encodings", "rope+hot", *sizes],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode != 0 and "unknown setting 'hot'; allowed: sink, logn, llama4, ssmax" in bad.stderr
