@@ -85,3 +85,32 @@ def test_task_and_language_model_runs_share_one_report(tmp_path):
     assert "## Perplexity, protocol nonoverlapping" in text and "| rope |" in text
     assert "## Algorithmic tasks" in text and "- copy, alibi:" in text
     assert "- alibi: no perplexity" not in text  # the task run is not a perplexity row
+
+
+def test_a_diverged_task_job_is_a_row_of_its_tasks_table(tmp_path):
+    """A job that diverged wrote no task block: its config's task class says which table it is a
+    row of, and the perplexity tables (of language models) do not get it."""
+    for seed in range(2):
+        task_job(tmp_path, f"a{seed}", task="copy", pos_enc="alibi", seed=seed, exact=[1.0, 0.9, 0.5, 0.1])
+    config = {
+        "job_name": "train",
+        "seed": 0,
+        "pos_enc_name": "fire",
+        "pos_enc": {"_target_": "poslab.encodings.FIRE"},
+        "task": {"_target_": "poslab.data.tasks.Copy", "seed": 0},
+        "model": {"net": {"n_layer": 2, "n_embd": 64, "n_head": 4}},
+    }
+    diverged = build_results(
+        run={"name": "fire-s0", "pos_enc": "fire", "seed": 0, "job": "train", "output_dir": "d0"},
+        config=config,
+        data=None,
+        train={"steps": 40, "diverged_at_step": 40},
+        extrapolation=[],
+        status="diverged",
+        error="loss is nan at step 40",
+    )
+    write_results(diverged, tmp_path / "d0")
+    text = write_report(tmp_path).path.read_text()
+    assert "## Perplexity" not in text and "## Results" not in text
+    copy_table = text.split("### copy")[1].split("![")[0]
+    assert "| fire |" in copy_table and "diverged" in copy_table

@@ -11,8 +11,10 @@ Rows are built per task, so a row's label names only what differs between runs o
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from poslab.figures import pyplot
@@ -38,7 +40,23 @@ TASK_INTRO = (
 
 
 def task_of(run: Run) -> str | None:
-    return (run.results.get("task") or {}).get("name")
+    """The task a run was trained on: its `task` block's name, or for a job that wrote none (it
+    failed or diverged before scoring) the name its config's task class gives."""
+    if name := (run.results.get("task") or {}).get("name"):
+        return name
+    config = run.results.get("config")
+    target = (config.get("task") or {}).get("_target_") if isinstance(config, dict) else None
+    return _task_name_of_target(target) if isinstance(target, str) else None
+
+
+@cache
+def _task_name_of_target(target: str) -> str:
+    try:  # a class renamed since the run, or a plugin not installed here: its name in snake case
+        from hydra.utils import get_class
+
+        return str(get_class(target).name)
+    except Exception:
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", target.rsplit(".", 1)[-1]).lower()
 
 
 @dataclass
