@@ -339,3 +339,23 @@ def test_terms_train_and_their_weights_get_gradients(name):
                 assert param.grad is not None and param.grad.abs().sum() > 0, pname
         optimizer.step()
         assert math.isfinite(loss.item())
+
+
+def test_the_attention_settings_experiment_sweeps_the_rules_beside_the_study():
+    """experiment=attention_settings: extrapolation_cpu's runs (seeds, protocols) with the
+    temperature rules as a sweep axis, each value one the config check accepts."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from poslab.config import CONFIG_DIR
+    from poslab.model.temperature import TEMPERATURE_RULES
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=attention_settings"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = cfg.hydra.sweeper.params
+    rules = params["model.net.logit_temperature"].split(",")
+    assert set(rules) <= set(TEMPERATURE_RULES) and "none" not in rules
+    assert params["pos_enc"] == "rope,nope,alibi" and params["seed"] == "0,1,2"
+    assert list(cfg.eval.protocols) == ["nonoverlapping", "sliding"]
