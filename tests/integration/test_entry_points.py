@@ -140,6 +140,23 @@ def test_eval_folder_name_and_seed_come_from_the_checkpoint(monkeypatch, tmp_pat
     assert re.fullmatch(r".*_2026-01-01_00-00-00_rope_abc123_rope_[0-9a-f]{6}", folder.name)
 
 
+def test_naming_the_checkpoints_own_encoding_keeps_its_trained_settings(monkeypatch, tmp_path):
+    """pos_enc=NAME (or eval.variants, or inspect's variant=) with the name the run was trained
+    under scores it as trained: irope keeps its nope_every, cope its table size, where the shipped
+    YAML says otherwise."""
+    root = tmp_path / "train"
+    irope = train_tiny_run(root, "irope_run", "pos_enc=irope", "model.net.n_layer=2", "pos_enc.nope_every=2")
+    cope = train_tiny_run(root, "cope_run", "pos_enc=cope", "pos_enc.max_position=8")
+    for checkpoint, name, key, value in ((irope, "irope", "nope_every", 2), (cope, "cope", "max_position", 8)):
+        for asked in (f"pos_enc={name}", f"eval.variants=[{name}]"):
+            log_dir = tmp_path / "eval" / f"{name}_{asked.split('=')[0]}"
+            args = [f"ckpt_path={checkpoint}", asked, f"paths.log_dir={log_dir}", *EVAL_TINY]
+            assert run_console(monkeypatch, cli.eval_main, *args) == 0, asked
+            (results,) = find_results(log_dir)
+            scored = read_results(results)
+            assert scored["status"] == "ok" and scored["config"]["pos_enc"][key] == value, asked
+
+
 @pytest.mark.parametrize("credentials", ["no key", "key but no network"])
 def test_wandb_online_falls_back_to_offline(train_config, monkeypatch, tmp_path, caplog, credentials):
     """WANDB_MODE=online without a key, or with a key and no route to the server: one warning,

@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig) -> dict:
     for name, encoding in variants:
         several = len(variants) > 1
         models[name], run_cfg = model_under(
-            checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants"
+            checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants", asked_for=name
         )
     context = run_cfg.data.context
     # a task checkpoint is scored on its task's test examples (the training run's), a language

@@ -17,6 +17,7 @@ from poslab.evaluation.passkey import passkey_retrieval
 from poslab.evaluation.protocols import ExtrapolationRow, extrapolation_sweep
 from poslab.evaluation.settings import EvalSettings
 from poslab.evaluation.tasks import score_task
+from poslab.records.checkpoints import CONFIG_KEY
 from poslab.records.console import write_and_show
 from poslab.records.loggers import log_extrapolation, log_task
 from poslab.records.results import build_results
@@ -25,9 +26,21 @@ from poslab.training import LitGPT
 log = logging.getLogger("poslab")
 
 
-def model_under(checkpoint: dict, encoding, dirs: list[str], name: str | None = None, key: str = "pos_enc"):
+def model_under(
+    checkpoint: dict,
+    encoding,
+    dirs: list[str],
+    name: str | None = None,
+    key: str = "pos_enc",
+    asked_for: str | None = None,
+):
     """The checkpoint's LightningModule under `encoding` (a pos_enc config of its family; None: its
-    own), and its run config. A refusal names the variant (`name`) it was asked for."""
+    own), and its run config. A refusal names the variant (`name`) it was asked for. An encoding
+    asked for by the name the checkpoint was trained under (`asked_for`, or `name`) is its own,
+    with the settings it was trained with (pos_enc=irope on an irope run keeps its nope_every),
+    not the shipped YAML's."""
+    if (asked_for or name) == (checkpoint.get(CONFIG_KEY) or {}).get("pos_enc_name"):
+        encoding = None
     try:
         if encoding is not None:
             check_encoding_target(encoding)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -66,12 +67,18 @@ class LitGPT(pl.LightningModule):
                     OmegaConf.to_container(pos_enc, resolve=False) if isinstance(pos_enc, DictConfig) else pos_enc
                 )
             encoding = OmegaConf.to_container(run_cfg.pos_enc, resolve=True)
-        lit = cls(hparams["net"], encoding, hparams["optimizer"], hparams["scheduler"])
+        try:
+            lit = cls(hparams["net"], encoding, hparams["optimizer"], hparams["scheduler"])
+        except InstantiationException as error:  # the encoding's own ValueError, wrapped by Hydra
+            cause = error.__cause__ or error
+            raise ConfigError(f"pos_enc: {str(cause).splitlines()[0]}") from error
         try:
             lit.load_state_dict(checkpoint["state_dict"])
         except RuntimeError as error:
-            first_line = str(error).splitlines()[0]
-            raise ConfigError(f"pos_enc: the checkpoint's weights do not fit this encoding ({first_line})") from error
+            # the first line only says that loading failed; the next name which weights differ
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            detail = "; ".join(lines[1:3]) or lines[0]
+            raise ConfigError(f"pos_enc: the checkpoint's weights do not fit this encoding: {detail}") from error
         return lit, run_cfg
 
     def compile_setting(self) -> Any:
