@@ -79,6 +79,8 @@ BAD_TRAIN_INPUT = [
     ("data.positions=shuffled", "data.positions=shuffled: allowed: contiguous, randomized"),
     ("pos_enc=irope", "pos_enc.nope_every=4 must be between 1 and model.net.n_layer=1"),
     ("model.net.sink=maybe", "model.net.sink must be true or false, got 'maybe'"),
+    ("model.net.attention=flex", "model.net.attention=flex cannot train on a CPU"),
+    ("model.net.logit_temperature=logn model.net.temperature_scale=2", "model.net.temperature_scale applies to"),
     ("model.net.logit_temperature=hot", "model.net.logit_temperature=hot: allowed: none, logn, llama4, ssmax"),
     ("model.net.temperature_scale=-1", "model.net.temperature_scale must be a positive number or null, got -1"),
     (

@@ -21,7 +21,7 @@ from poslab.errors import ConfigError
 from poslab.evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from poslab.evaluation.settings import EvalSettings, PasskeySettings
 from poslab.model import ATTENTION_PATHS
-from poslab.model.temperature import TEMPERATURE_RULES
+from poslab.model.temperature import DEFAULT_SCALE, TEMPERATURE_RULES
 from poslab.records.checkpoints import CONFIG_KEY
 
 __all__ = ["ConfigError"]
@@ -164,6 +164,11 @@ def check_attention_terms(cfg: DictConfig, attention: str) -> None:
     scale = net.get("temperature_scale")
     if scale is not None and (not _is_number(scale) or not scale > 0):
         raise ConfigError(f"model.net.temperature_scale must be a positive number or null, got {scale!r}")
+    if scale is not None and rule not in DEFAULT_SCALE:
+        raise ConfigError(
+            f"model.net.temperature_scale applies to model.net.logit_temperature={' or '.join(DEFAULT_SCALE)} "
+            f"(llama4's a, ssmax's initial s); logit_temperature={rule} has no scale: leave it null"
+        )
     if rule in ("logn", "llama4"):
         train_context = net.get("train_context")
         if not isinstance(train_context, int) or isinstance(train_context, bool) or train_context < 2:
@@ -222,6 +227,15 @@ def check_trainer_config(cfg: DictConfig) -> None:
             )
     elif accelerator not in ("cpu", "auto", "mps"):
         raise ConfigError(f"trainer.accelerator={accelerator}: allowed: auto, cpu, gpu")
+    trains = cfg.get("init_from") is None or trainer.get("max_steps", -1) != 0
+    if trains and OmegaConf.select(cfg, "model.net.attention", default="auto") == "flex":
+        import torch
+
+        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+            raise ConfigError(
+                "model.net.attention=flex cannot train on a CPU (torch's FlexAttention has no backward "
+                "there): train with model.net.attention=auto or sdpa; flex serves evaluation on a CPU"
+            )
 
 
 def top_level_keys(config_name: str = "train") -> list[str]:
