@@ -126,6 +126,13 @@ def test_the_baseline_is_rope_else_the_first_rotary_row_else_none():
     assert baseline_label({"alibi": "bias", "rope_pi": "rotary", "rope": "rotary"}) == "rope"
     assert baseline_label({"alibi": "bias", "xpos": "rotary", "rope_pi": "rotary"}) == "xpos"
     assert baseline_label({"alibi": "bias", "nope": "none"}) is None
+    # rows labelled by their settings: the rope row with its settings off, not the first rotary one
+    labelled = {
+        "irope (model.net.sink=false)": "rotary",
+        "rope (model.net.sink=true)": "rotary",
+        "rope (model.net.sink=false)": "rotary",
+    }
+    assert baseline_label(labelled) == "rope (model.net.sink=false)"
 
 
 def test_the_ratio_is_each_perplexity_over_the_one_at_the_training_context():

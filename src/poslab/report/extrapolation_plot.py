@@ -190,9 +190,15 @@ def line_styles(mechanisms: dict[str, str]) -> dict[str, LineStyle]:
 
 def baseline_label(mechanisms: dict[str, str]) -> str | None:
     """The row the small multiples draw in every panel as the reference: the row labelled "rope"
-    if there is one, else the first rotary row, else none. `mechanisms` is {label: mechanism}."""
+    if there is one; else, where settings label the rows ("rope (model.net.sink=true)"), the rope
+    row with the most settings switched off (none, false, null); else the first rotary row, else
+    none. `mechanisms` is {label: mechanism}."""
     if "rope" in mechanisms:
         return "rope"
+    ropes = [label for label in mechanisms if label.startswith("rope (")]
+    if ropes:
+        off = ("=none", "=false", "=null", "=False", "=None")
+        return max(ropes, key=lambda label: sum(label.count(value) for value in off))  # the first of the most
     return next((label for label, mechanism in mechanisms.items() if mechanism == "rotary"), None)
 
 
