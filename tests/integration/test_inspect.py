@@ -194,6 +194,24 @@ def test_the_probe_sees_what_the_recomputation_sees(tmp_path):
     assert learned["status"] == "unsupported" and "max_length=64" in learned["reason"]
 
 
+def test_the_sinks_share_is_reported_beside_the_statistics():
+    """A sink far above every logit takes nearly all the mass, one at -inf none of it."""
+    from poslab.model import GPT
+
+    tokens = np.random.default_rng(0).integers(0, 256, size=2 * 24 + 1)
+    for sink, expected in ((40.0, 1.0), (float("-inf"), 0.0)):
+        torch.manual_seed(0)
+        model = GPT(256, 2, 2, 32, sink=True).eval()
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.sink.fill_(sink)
+        row = attention.attention_at_length(model, tokens, 24, train_context=16, device=torch.device("cpu"))
+        shares = [head["sink_share"] for layer in row["layers"] for head in layer["heads"]]
+        assert np.allclose(shares, expected, atol=1e-6), (sink, shares)
+    plain = attention.attention_at_length(GPT(256, 1, 2, 32).eval(), tokens, 24, 16, torch.device("cpu"))
+    assert "sink_share" not in plain["layers"][0]["heads"][0]
+
+
 # --- the console script -----------------------------------------------------------------------
 
 

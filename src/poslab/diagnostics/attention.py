@@ -17,6 +17,9 @@ Per layer and head, averaged over query rows (and windows):
     mean distance         sum_j p_ij (i - j), tokens; the previous token alone gives 1
     share beyond context  sum of p_ij over keys with i - j >= train_context, distances training
                           never showed; averaged over the queries that have such keys (i >= T)
+    sink share            with model.net.sink, 1 - sum_j p_ij: the mass the sink takes (the
+                          statistics above are over the keys' probabilities, which then sum to
+                          less than 1, so a uniform reference no longer applies to them exactly)
 
 Shapes: B batch, H heads, T length, hd head size, rows a chunk of query rows.
 """
@@ -87,11 +90,12 @@ class HeadSums:
     entropy: np.ndarray = field(init=False)
     distance: np.ndarray = field(init=False)
     beyond: np.ndarray = field(init=False)
+    sink: np.ndarray = field(init=False)
     rows: int = 0
     rows_past_context: int = 0
 
     def __post_init__(self):
-        self.entropy, self.distance, self.beyond = (np.zeros((self.n_layer, self.n_head)) for _ in range(3))
+        self.entropy, self.distance, self.beyond, self.sink = (np.zeros((self.n_layer, self.n_head)) for _ in range(4))
 
 
 @contextmanager
@@ -109,6 +113,7 @@ def attention_probe(model: GPT, train_context: int, sums: HeadSums, budget: int 
                     sums.entropy[layer] += entropy.sum((0, 2)).cpu().numpy()
                     sums.distance[layer] += distance.sum((0, 2)).cpu().numpy()
                     sums.beyond[layer] += beyond.sum((0, 2)).cpu().numpy()
+                    sums.sink[layer] += (1 - probs.double().sum(-1)).sum((0, 2)).cpu().numpy()
             if layer == 0:  # rows are counted once per forward, not once per layer
                 B, T = x.shape[:2]
                 sums.rows += B * T
@@ -156,6 +161,7 @@ def attention_at_length(model: GPT, tokens: np.ndarray, length: int, train_conte
     except torch.OutOfMemoryError as error:
         return {**row, "status": "out_of_memory", "reason": str(error).splitlines()[0]}
     past = sums.rows_past_context
+    with_sink = getattr(model, "sink", False)
     beyond = sums.beyond / past if past else np.full_like(sums.beyond, np.nan)
     row.update(
         windows=windows,
@@ -170,6 +176,7 @@ def attention_at_length(model: GPT, tokens: np.ndarray, length: int, train_conte
                         "entropy": float(sums.entropy[layer, head] / sums.rows),
                         "mean_distance": float(sums.distance[layer, head] / sums.rows),
                         "share_beyond_context": float(beyond[layer, head]),
+                        **({"sink_share": float(sums.sink[layer, head] / sums.rows)} if with_sink else {}),
                     }
                     for head in range(n_head)
                 ],

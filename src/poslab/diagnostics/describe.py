@@ -379,9 +379,11 @@ def describe_attention(variant: str, rows: list[dict], train_context: int, folde
                 f"; mass beyond the context {means['share_beyond_context']:.3f} "
                 f"(uniform {uniform['share_beyond_context']:.3f})"
             )
+        sink = [head["sink_share"] for layer in row["layers"] for head in layer["heads"] if "sink_share" in head]
+        on_sink = f"; mass on the sink {float(np.mean(sink)):.3f}" if sink else ""
         out.summary.append(
             f"{variant} at {row['eval_length']} ({row['length_ratio']:g}x): loss {row['loss']:.3f} nats/token; "
             f"mean over heads: entropy {means['entropy']:.3f} nats (uniform {uniform['entropy']:.3f}), distance "
-            f"{means['mean_distance']:.1f} tokens (uniform {uniform['mean_distance']:.1f}){beyond}"
+            f"{means['mean_distance']:.1f} tokens (uniform {uniform['mean_distance']:.1f}){beyond}{on_sink}"
         )
     return out

@@ -12,12 +12,14 @@ encoding (`model.net.logit_temperature`):
 i is the query's index in the sequence (so i + 1 is the number of keys its softmax covers), not its
 position value: with sampled or offset positions the softmax still covers i + 1 keys. T_train is
 `model.net.train_context`; llama4's floor scale f is T_train as well (Llama 4 uses 8192, the
-chunk length of its local layers, and leaves rows before it at 1: here rows within the training
-context keep 1 and the factor grows past it).
+chunk length of its local layers: the factor is 1 for rows i + 1 < f and steps up at each multiple
+of f, so here the training context's last row already gets 1 + a ln 2).
 
 The factor multiplies the query, so it scales the query-key term of the logits and leaves an
-encoding's additive bias as it is (as Qwen and Llama 4 apply it); SSMax, written for plain softmax
-attention, scales the whole logit, which is the same thing when the encoding adds no bias.
+encoding's additive bias from the positions or the input (ALiBi, FoX) as it is (as Qwen and Llama
+4 apply it); SSMax, written for plain softmax attention, scales the whole logit, which is the same
+thing when the encoding adds no bias. A bias computed from the queries and the logits (CoPE's)
+is computed from the scaled ones, so the temperature reaches it too.
 """
 
 from __future__ import annotations
