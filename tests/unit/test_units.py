@@ -119,6 +119,29 @@ def test_runs_compare_by_config_without_labels_and_seed():
     assert config_differences(a, {**b, "data": {"seed": 1, "context": 32}}) == ["data.context"]
 
 
+def test_a_run_recorded_before_the_attention_settings_is_the_same_experiment():
+    """Runs recorded before model.net.sink, logit_temperature and temperature_scale existed had
+    them off; model.net.train_context follows data.context. A run recorded after, with them off,
+    is a seed of the same experiment; one with a sink is not."""
+    before = {"model": {"net": {"n_layer": 4}}, "data": {"context": 128}}
+    after = {
+        "model": {
+            "net": {
+                "n_layer": 4,
+                "attention": "auto",
+                "sink": False,
+                "logit_temperature": "none",
+                "temperature_scale": None,
+                "train_context": 128,
+            }
+        },
+        "data": {"context": 128},
+    }
+    assert config_differences(before, after) == []
+    with_sink = {**after, "model": {"net": {**after["model"]["net"], "sink": True}}}
+    assert config_differences(before, with_sink) == ["model.net.sink"]
+
+
 def test_model_flops_per_token_of_gpt_small_by_hand():
     model = GPT(vocab_size=256, n_layer=4, n_head=4, n_embd=128, pos_enc=RoPE(128, 4))
     # per block qkv 3d^2, proj d^2, MLP 8d^2 = 12 d^2; the tied head d x V; attention 12 L T d

@@ -94,6 +94,8 @@ LABEL_KEYS = (
     "trainer.log_every_n_steps",
     # how checkpoints are written, not what is trained (the plugin's import path moved once)
     "trainer.plugins",
+    # derived: ${original_context}, which data.context (or init_from's checkpoint) already says
+    "model.net.train_context",
 )
 
 
@@ -120,7 +122,12 @@ def _is_label(key: str, ignore_seed: bool) -> bool:
 
 # Settings added to the configs after runs were recorded without them, with the value those runs
 # had implicitly: a run recorded before and one after compare as the same experiment.
-IMPLICIT_DEFAULTS = {"model.net.attention": "auto"}
+IMPLICIT_DEFAULTS = {
+    "model.net.attention": "auto",
+    "model.net.sink": False,
+    "model.net.logit_temperature": "none",
+    "model.net.temperature_scale": None,
+}
 
 
 def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
