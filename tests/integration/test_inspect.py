@@ -322,8 +322,8 @@ def test_inspect_a_fox_checkpoint_shows_each_heads_decay_and_reach(monkeypatch, 
     mean_gate, reach = np.array(gates["mean_gate"]), np.array(gates["reach"])
     assert mean_gate.shape == reach.shape == (1, 2)  # layers x heads of the tiny model
     assert ((0 < mean_gate) & (mean_gate < 1)).all()
-    # the reach is where distance x mean log f first falls below the threshold
-    np.testing.assert_allclose(reach, np.ceil(gates["threshold"] / np.log(mean_gate)))
+    # the reach is where distance x mean log f first falls below the threshold (as ALiBi's)
+    np.testing.assert_allclose(reach, np.floor(gates["threshold"] / np.log(mean_gate)) + 1)
     np.testing.assert_allclose(gates["decay_per_token"], -np.log(mean_gate), rtol=1e-6)
     assert (folder / "fox_forget_gates.png").stat().st_size > 5_000
     summary = (folder / SUMMARY_FILENAME).read_text()

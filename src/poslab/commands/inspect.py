@@ -134,9 +134,10 @@ def inspect(cfg: DictConfig) -> dict:
 
     descriptions: dict[str, Description] = {}
     for name, encoding in encodings.items():
-        descriptions[name] = describe_encoding(name, encoding, train_context, settings, folder, trained)
-        if name in forget_gates:  # measured on held-out text: replaces the description without data
+        if name in forget_gates:  # FoX's bias has a form only on data: what it did on held-out text
             descriptions[name] = describe_forget_gates(name, forget_gates[name], train_context, settings, folder)
+        else:
+            descriptions[name] = describe_encoding(name, encoding, train_context, settings, folder, trained)
     families = {family_of(encoding) for encoding in encodings.values()}
     members = Description()
     if "rotary" in families:

@@ -23,6 +23,7 @@ from poslab.evaluation.settings import EvalSettings, PasskeySettings
 from poslab.model import ATTENTION_PATHS
 from poslab.model.temperature import DEFAULT_SCALE, TEMPERATURE_RULES
 from poslab.records.checkpoints import CONFIG_KEY
+from poslab.records.results import IMPLICIT_DEFAULTS
 
 __all__ = ["ConfigError"]
 
@@ -68,8 +69,10 @@ def eval_lengths(eval_cfg, context: int) -> list[int]:
 
 
 ARCHITECTURE_KEYS = ("vocab_size", "n_layer", "n_head", "n_embd", "sink", "logit_temperature")
-# what a checkpoint saved before a key existed was trained with
-ARCHITECTURE_DEFAULTS = {"sink": False, "logit_temperature": "none"}
+# what a checkpoint saved before a key existed was trained with (records.results' table)
+ARCHITECTURE_DEFAULTS = {
+    key.removeprefix("model.net."): value for key, value in IMPLICIT_DEFAULTS.items() if key.startswith("model.net.")
+}
 
 
 def check_targets(cfg: DictConfig, keys: tuple[str, ...]) -> None:

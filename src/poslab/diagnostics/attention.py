@@ -99,6 +99,17 @@ class HeadSums:
 
 
 @contextmanager
+def layer_pre_hooks(model: GPT, probe):
+    """While active, probe(layer) -> hook(attn, (x, prepared)) runs before every layer's attention."""
+    handles = [block.attn.register_forward_pre_hook(probe(i)) for i, block in enumerate(model.blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def attention_probe(model: GPT, train_context: int, sums: HeadSums, budget: int = BLOCK_ELEMENTS):
     """While active, every forward pass of `model` adds each layer's per-head statistics to `sums`."""
 
@@ -121,12 +132,8 @@ def attention_probe(model: GPT, train_context: int, sums: HeadSums, budget: int 
 
         return hook
 
-    handles = [block.attn.register_forward_pre_hook(probe(i)) for i, block in enumerate(model.blocks)]
-    try:
+    with layer_pre_hooks(model, probe):
         yield sums
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def uniform_reference(length: int, train_context: int) -> dict:
@@ -221,16 +228,11 @@ def mean_log_forget_gates(
 
         return hook
 
-    handles = [block.attn.register_forward_pre_hook(probe(i)) for i, block in enumerate(model.blocks)]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for w in range(min(max_windows, (len(tokens) - 1) // length)):
-                window = torch.from_numpy(tokens[w * length : (w + 1) * length].astype(np.int64)).to(device)
-                model(window.unsqueeze(0))
-    finally:
-        for handle in handles:
-            handle.remove()
+    model.eval()
+    with layer_pre_hooks(model, probe), torch.no_grad():
+        for w in range(min(max_windows, (len(tokens) - 1) // length)):
+            window = torch.from_numpy(tokens[w * length : (w + 1) * length].astype(np.int64)).to(device)
+            model(window.unsqueeze(0))
     return sums / max(1, counted[0])
 
 

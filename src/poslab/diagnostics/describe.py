@@ -87,9 +87,9 @@ def describe_forget_gates(
 ) -> Description:
     """FoX on held-out text: each head's mean gate and decay per token, and its reach, the distance
     at which its mean bias falls below the threshold (as for a bias head)."""
-    decay = -mean_log_gates  # nats per token, > 0
-    with np.errstate(divide="ignore"):
-        reach = np.ceil(settings.bias_threshold / np.minimum(mean_log_gates, -1e-12))
+    decay = -mean_log_gates  # nats per token, > 0: a slope, as ALiBi's
+    slopes = torch.from_numpy(np.maximum(decay, 1e-12).reshape(-1))
+    reach = np.array(geometry.alibi_reach_closed_form(slopes, settings.bias_threshold)).reshape(decay.shape)
     figure = plots.forget_gates_figure(
         name, mean_log_gates, settings.bias_threshold, reach, train_context, folder / f"{name}_forget_gates.png"
     )

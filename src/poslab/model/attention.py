@@ -280,8 +280,9 @@ class BlockBias:
         if bias is None:
             if not self.with_mask_only:
                 return None
-            bias = torch.zeros(stop - start, stop, device=self.pos.device)
-        bias = sdpa_mask(bias, dtype) if bias.dim() > 2 else causal_bias(bias.to(dtype))
+            bias = causal_mask(stop - start, stop, dtype, self.pos.device)
+        else:
+            bias = sdpa_mask(bias, dtype)
         if bias.numel() + sum(b.numel() for b in self.kept.values() if b is not None) <= self.budget:
             self.kept[(start, stop)] = bias
         return bias
@@ -289,7 +290,9 @@ class BlockBias:
 
 class ChunkedPath:
     """Query rows in blocks within the memory budget, each block with its own bias over the keys
-    up to its last row. A short sequence is one block, kept: the MaskedSdpa path, same numbers."""
+    up to its last row. A short sequence is one block, kept: the MaskedSdpa path, same numbers.
+    For an encoding without a bias (whose layers bring terms of their own: a sink, FoX's gates),
+    the blocks hold the causal mask alone (BlockBias with_mask_only)."""
 
     def __init__(self, block_bias: BlockBias):
         self.block_bias = block_bias
@@ -299,10 +302,8 @@ class ChunkedPath:
         parts = []
         for start, stop in row_blocks(T, B * H * T, self.block_bias.budget):
             bias = self.block_bias(start, stop, q.dtype)
-            if bias is None:  # the encoding gave no bias
-                if terms.empty:
-                    return CausalSdpa()(q, k, v, scale=scale, dropout_p=dropout_p)
-                bias = causal_mask(stop - start, stop, q.dtype, q.device)
+            if bias is None:  # a bias encoding that gave none: the causal kernel, as without one
+                return CausalSdpa()(q, k, v, scale=scale, dropout_p=dropout_p, terms=terms)
             q_rows, k_past, v_past = q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop]
             parts.append(attend_block(q_rows, k_past, v_past, scale, dropout_p, bias, terms, start, stop))
         return torch.cat(parts, dim=2)  # (B, H, T, hd)

@@ -196,7 +196,7 @@ class GPT(nn.Module):
             return FlexPath(pos_enc, pos, pos.shape[-1])
         if not self.needs_logit_path(pos_enc):
             return CausalSdpa()
-        if path == "chunked":
-            return ChunkedPath(BlockBias(pos_enc, pos, self.chunk_elements))
+        if path == "chunked":  # mask-only blocks where the layers' own terms are the only bias
+            return ChunkedPath(BlockBias(pos_enc, pos, self.chunk_elements, with_mask_only=not pos_enc.has_bias))
         bias = pos_enc.bias(pos, pos)  # (H, T, T) or (B, H, T, T)
         return CausalSdpa() if bias is None else MaskedSdpa(sdpa_mask(bias, dtype))
