@@ -4,10 +4,11 @@
 # OUT defaults to outputs/tasks_cpu, the tasks to copy sort reverse (the ones the recipe makes
 # learnable: experiments/tasks_cpu/calibration.md). Every part is a
 # sweep into its own folder: run the script again after a kill and the finished jobs are kept.
-# 1. per task: 9 encodings x seeds 0, 1, 2 at the task's recipe (experiment=tasks_cpu)
+# 1. per task: 9 encodings x seeds 0, 1, 2 at the task's recipe (experiment=tasks_cpu), then
+#    that task's RoPE checkpoints under the rotary scaling variants (poslab-eval eval.variants),
+#    straight away, so a part that ends with its task needs no checkpoint kept for later
 # 2. randomized positions (Ruoss et al. 2023) for rope, nope and alibi on the first two tasks
-# 3. every RoPE checkpoint under the rotary scaling variants (poslab-eval eval.variants)
-# 4. one report over everything
+# 3. one report over everything
 set -uo pipefail
 out=${1:-outputs/tasks_cpu}
 shift || true
@@ -16,9 +17,19 @@ read -r -a tasks <<< "${tasks[*]}"
 variants='[rope,rope_pi,rope_ntk,rope_yarn,rope_llama3]'
 start=$(date +%s)
 status=0
+score_rope_checkpoints() {  # $1: a sweep folder
+  for checkpoint in "$1"/*_rope_s*/checkpoints/last.ckpt; do
+    [ -f "$checkpoint" ] || continue
+    run=$(basename "$(dirname "$(dirname "$checkpoint")")")
+    folder="$out/variants/$(basename "$1")_$run"
+    [ -f "$folder/results.json" ] && continue
+    poslab-eval ckpt_path="$checkpoint" "eval.variants=$variants" hydra.run.dir="$folder" || status=1
+  done
+}
 for task in "${tasks[@]}"; do
   t0=$(date +%s)
   poslab-train -m experiment=tasks_cpu task="$task" hydra.sweep.dir="$out/$task" || status=1
+  score_rope_checkpoints "$out/$task"
   echo "$task: $(( $(date +%s) - t0 )) s"
 done
 for task in "${tasks[@]:0:2}"; do
@@ -27,14 +38,6 @@ for task in "${tasks[@]:0:2}"; do
   poslab-train -m experiment=tasks_cpu task="$task" 'pos_enc=rope,nope,alibi' \
     data.positions=randomized data.max_position=256 hydra.sweep.dir="$out/${task}_randomized" || status=1
   echo "$task, randomized positions: $(( $(date +%s) - t0 )) s"
-done
-for checkpoint in "$out"/*/*_rope_s*/checkpoints/last.ckpt; do
-  [ -f "$checkpoint" ] || continue
-  run=$(basename "$(dirname "$(dirname "$checkpoint")")")
-  sweep=$(basename "$(dirname "$(dirname "$(dirname "$checkpoint")")")")
-  folder="$out/variants/${sweep}_$run"
-  [ -f "$folder/results.json" ] && continue
-  poslab-eval ckpt_path="$checkpoint" "eval.variants=$variants" hydra.run.dir="$folder" || status=1
 done
 poslab-report "$out" --html || status=1
 echo "total $(( $(date +%s) - start )) s (exit $status)"
