@@ -6,7 +6,8 @@ Generated once, in a virtual environment of its own (transformers is not a posla
     /tmp/hfref/bin/pip install torch==2.13.0 transformers     # resolved to transformers 5.24.0
     /tmp/hfref/bin/python tests/data/make_rope_reference.py   # writes tests/data/rope_reference.json
 
-Each case is one call of a function in `transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS`
+(Cases added later leave the earlier ones as they were: the file is rewritten whole, and its diff
+shows only the new lines.) Each case is one call of a function in `transformers.modeling_rope_utils.ROPE_INIT_FUNCTIONS`
 for head size 64, base 1e4 and a training context of 128, and stores what it returns: the
 per-pair inverse frequencies (float32) and the attention factor transformers multiplies cos and
 sin by. Which poslab setting each case stands for is worked out in the test module's docstring.
@@ -24,6 +25,10 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 HEAD_DIM, BASE, TRAIN_LENGTH, N_HEAD = 64, 10000.0, 128, 4
 SCALES = (2, 4, 16)
+# LongRoPE's per-pair factors, as a released config lists them (one per pair): rising from 1 on the
+# fastest pair to 8 on the slowest, and short ones just above 1
+LONG_FACTOR = [round(8.0 ** (i / (HEAD_DIM // 2 - 1)), 6) for i in range(HEAD_DIM // 2)]
+SHORT_FACTOR = [round(1.0 + 0.01 * i, 6) for i in range(HEAD_DIM // 2)]
 
 
 def case(rope_type: str, parameters: dict, max_position_embeddings: int, seq_len: int | None = None) -> dict:
@@ -71,6 +76,24 @@ def main() -> None:
                 "original_max_position_embeddings": TRAIN_LENGTH,
             },
             target,
+        )
+    # YaRN's options, and LongRoPE with per-pair factors of its own
+    for s in SCALES:
+        target = s * TRAIN_LENGTH
+        yarn = {"factor": float(s), "original_max_position_embeddings": TRAIN_LENGTH}
+        cases[f"yarn_mscale_{s}"] = case("yarn", {**yarn, "mscale": 1.0, "mscale_all_dim": 0.5}, target)
+        cases[f"yarn_untruncated_{s}"] = case("yarn", {**yarn, "truncate": False}, target)
+        cases[f"yarn_attention_factor_{s}"] = case("yarn", {**yarn, "attention_factor": 1.3}, target)
+        longrope = {
+            "factor": float(s),
+            "original_max_position_embeddings": TRAIN_LENGTH,
+            "long_factor": LONG_FACTOR,
+            "short_factor": SHORT_FACTOR,
+        }
+        cases[f"longrope_long_{s}"] = case("longrope", longrope, target, seq_len=target)
+        cases[f"longrope_short_{s}"] = case("longrope", longrope, target, seq_len=TRAIN_LENGTH)
+        cases[f"longrope_attention_factor_{s}"] = case(
+            "longrope", {**longrope, "attention_factor": 1.1}, target, seq_len=target
         )
     for fraction in (0.25, 0.75):
         cases[f"proportional_{fraction}"] = case("proportional", {"partial_rotary_factor": fraction}, TRAIN_LENGTH)

@@ -35,6 +35,7 @@ from poslab.encodings import (
     LengthNotSupportedError,
     RoPE,
     RoPELlama3,
+    RoPELongRoPE,
     RoPENTK,
     RoPEPartial,
     RoPEPositionInterpolation,
@@ -92,6 +93,64 @@ def test_fixed_factor_member_equals_transformers_at_every_length(rope_type, s):
     enc = MEMBERS[rope_type](N_EMBD, N_HEAD, train_length=TRAIN_LENGTH, factor=s)
     for length in (1, TRAIN_LENGTH // 2, TRAIN_LENGTH, s * TRAIN_LENGTH, 4 * s * TRAIN_LENGTH):
         assert_matches_reference(enc, length, f"{rope_type}_{s}")
+
+
+YARN_OPTIONS = {
+    "yarn_mscale": {"mscale": 1.0, "mscale_all_dim": 0.5},
+    "yarn_untruncated": {"truncate": False},
+    "yarn_attention_factor": {"attention_factor": 1.3},
+}
+
+
+@pytest.mark.parametrize("s", SCALES)
+@pytest.mark.parametrize("case", YARN_OPTIONS)
+def test_yarn_options_equal_transformers(case, s):
+    assert REFERENCE["cases"][f"{case}_{s}"]["rope_parameters"].items() >= YARN_OPTIONS[case].items()
+    enc = RoPEYaRN(N_EMBD, N_HEAD, train_length=TRAIN_LENGTH, factor=s, **YARN_OPTIONS[case])
+    for length in (TRAIN_LENGTH, s * TRAIN_LENGTH):
+        assert_matches_reference(enc, length, f"{case}_{s}")
+
+
+def longrope(s: float | None, **options) -> RoPELongRoPE:
+    parameters = REFERENCE["cases"]["longrope_long_2"]["rope_parameters"]
+    factors = {"long_factor": parameters["long_factor"], "short_factor": parameters["short_factor"]}
+    return RoPELongRoPE(N_EMBD, N_HEAD, train_length=TRAIN_LENGTH, factor=s, **factors, **options)
+
+
+@pytest.mark.parametrize("s", SCALES)
+def test_longrope_equals_transformers_past_and_within_the_context(s):
+    """Long factors past the original context, short ones within it, and the attention factor
+    sqrt(1 + ln s / ln 128) at both (transformers applies it at every length)."""
+    for factor in (s, None):  # a fixed factor, and the scale following the sequence
+        assert_matches_reference(longrope(factor), s * TRAIN_LENGTH, f"longrope_long_{s}")
+    assert_matches_reference(longrope(s), TRAIN_LENGTH, f"longrope_short_{s}")
+    assert_matches_reference(longrope(s, attention_factor=1.1), s * TRAIN_LENGTH, f"longrope_attention_factor_{s}")
+
+
+def test_longrope_without_factors_starts_from_ntk_by_parts():
+    """Null factors: plain RoPE within the context; past it YaRN's frequencies (the search's
+    starting point), with LongRoPE's own temperature instead of YaRN's."""
+    enc = RoPELongRoPE(N_EMBD, N_HEAD, train_length=TRAIN_LENGTH)
+    inv_freq, factor = enc.frequencies(TRAIN_LENGTH)
+    assert torch.equal(inv_freq, enc.inv_freq) and factor == 1.0
+    yarn = RoPEYaRN(N_EMBD, N_HEAD, train_length=TRAIN_LENGTH)
+    for s in SCALES:
+        inv_freq, factor = enc.frequencies(s * TRAIN_LENGTH)
+        torch.testing.assert_close(inv_freq, yarn.frequencies(s * TRAIN_LENGTH)[0], rtol=1e-6, atol=0)
+        assert factor == pytest.approx(1 + math.log(s) / math.log(TRAIN_LENGTH))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"long_factor": [1.0, 2.0]}, "pos_enc.long_factor must be null or 32 positive numbers"),
+        ({"short_factor": [0.0] * 32}, "pos_enc.short_factor"),
+        ({"attention_factor": -1.0}, "pos_enc.attention_factor"),
+    ],
+)
+def test_longrope_refuses_factors_that_do_not_fit(options, message):
+    with pytest.raises(ValueError, match=message):
+        RoPELongRoPE(N_EMBD, N_HEAD, train_length=TRAIN_LENGTH, **options)
 
 
 @pytest.mark.parametrize("rope_type", MEMBERS)

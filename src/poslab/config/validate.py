@@ -187,6 +187,11 @@ def check_attention_terms(cfg: DictConfig, attention: str) -> None:
                 f"model.net.attention=flex cannot serve pos_enc={cfg.get('pos_enc_name', target)}: its bias comes from "
                 "each row's logits; use model.net.attention=sdpa, chunked or auto"
             )
+        if encoding.block_logits is not PositionalEncoding.block_logits:
+            raise ConfigError(
+                f"model.net.attention=flex cannot serve pos_enc={cfg.get('pos_enc_name', target)}: it merges two "
+                "rotations by distance; use model.net.attention=sdpa, chunked or auto"
+            )
 
 
 POSITIONS = ("contiguous", "randomized")

@@ -52,7 +52,8 @@ def attention_probabilities(
     block_bias = BlockBias(prepared.pos_enc, prepared.pos, budget, with_mask_only=True)
     for start, stop in row_blocks(T, B * H * T, budget):
         mask = with_input_bias(block_bias(start, stop, q.dtype), terms, start, stop)
-        probs = block_probabilities(q[:, :, start:stop], k[:, :, :stop], scale, mask, terms)  # (B, H, rows, stop)
+        # (B, H, rows, stop)
+        probs = block_probabilities(q[:, :, start:stop], k[:, :, :stop], scale, mask, terms, start)
         yield start, probs, v[:, :, :stop]
 
 

@@ -14,9 +14,11 @@ from poslab.encodings.base import (
 from poslab.encodings.bias import FIRE, KERPLE, ALiBi, T5Bias, alibi_slopes, t5_relative_bucket
 from poslab.encodings.data_dependent import CoPE, FoX
 from poslab.encodings.interleaved import IRoPE
+from poslab.encodings.remapped import LeakyReRoPE, RemappedRoPE, ReRoPE, SelfExtend
 from poslab.encodings.rotary import (
     RoPE,
     RoPELlama3,
+    RoPELongRoPE,
     RoPENTK,
     RoPEPartial,
     RoPEPositionInterpolation,
@@ -34,16 +36,21 @@ __all__ = [
     "IRoPE",
     "InputBias",
     "Learned",
+    "LeakyReRoPE",
     "LengthNotSupportedError",
     "NoPE",
     "PositionalEncoding",
+    "ReRoPE",
+    "RemappedRoPE",
     "RoPE",
     "RoPELlama3",
+    "RoPELongRoPE",
     "RoPENTK",
     "RoPEPartial",
     "RoPEPositionInterpolation",
     "RoPEYaRN",
     "ScaledRoPE",
+    "SelfExtend",
     "Sinusoidal",
     "T5Bias",
     "XPos",

@@ -10,6 +10,12 @@ only the hooks it needs; the defaults leave the model position-free (NoPE):
     score_mod(q_pos, k_pos)  the same bias elementwise, for FlexAttention
     logit_scale(length)      a multiplier on the attention logits (YaRN's temperature)
 
+One hook serves methods whose logit is not one product of rotated queries and keys:
+
+    block_logits(q, k, start, stop, prepared)  the logits of a block of query rows, computed by
+                                      the encoding itself (ReRoPE, Self-Extend: two rotations
+                                      merged by distance)                 -> (B, H, rows, keys)
+
 Three hooks serve methods whose terms are not a function of the positions alone; each gets the
 layer's index, since such methods keep weights per layer:
 
@@ -139,6 +145,20 @@ class PositionalEncoding(nn.Module):
         bias and the causal mask (-inf) in them; returns (B, H, rows, keys) or None. The path
         computes such logits itself (no fused kernel), block by block: CoPE's positions."""
         return None
+
+    def block_logits(
+        self, q_rows: torch.Tensor, k_past: torch.Tensor, start: int, stop: int, prepared: Any
+    ) -> torch.Tensor:
+        """The logits of query rows [start, stop) (B, H, rows, hd) over keys [0, stop) (B, H, stop, hd),
+        for an encoding whose logit is not one product of rotated queries and keys: ReRoPE and
+        Self-Extend merge two rotations by distance. q_rows and k_past come as `rotate` left them
+        (unrotated, for such an encoding), q_rows already scaled; `prepared` is what `prepare`
+        returned. Overriding this makes the model compute every layer's logits block by block."""
+        raise NotImplementedError
+
+    @property
+    def has_block_logits(self) -> bool:
+        return type(self).block_logits is not PositionalEncoding.block_logits
 
     @property
     def has_input_bias(self) -> bool:

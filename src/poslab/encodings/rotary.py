@@ -8,6 +8,7 @@ is one choice of ``frequencies(length) -> (inv_freq, logit_factor)``:
     RoPENTK                     the same formula with base' = base * s^(d/(d-2))
     RoPEYaRN                    a per-pair ramp between inv_freq and inv_freq / s, and a temperature
     RoPELlama3                  a per-wavelength blend between inv_freq and inv_freq / s
+    RoPELongRoPE                inv_freq / lambda_i, per-pair rescale factors, and a temperature
     RoPEPartial                 inv_freq for the fastest pairs, 0 (no rotation) for the rest
 
 A scaling member's scale s is `factor` when that is a number (a fixed scale, as after fine-tuning)
@@ -220,8 +221,12 @@ class RoPEYaRN(ScaledRoPE):
 
     Temperature (section 3.4): sqrt(1/t) = 0.1 ln s + 1. transformers multiplies cos and sin by that
     factor, which multiplies the logits by its square; `logit_factor` is that square, 1/t, applied
-    once to the logits. (transformers' attention_factor is this formula when it, mscale and
-    mscale_all_dim are unset, its default; DeepSeek-style configs set the latter two.)
+    once to the logits. transformers' options, here with the same names and defaults:
+
+        mscale, mscale_all_dim   both set (DeepSeek-V2/V3 configs): sqrt(1/t) is
+                                 (0.1 mscale ln s + 1) / (0.1 mscale_all_dim ln s + 1)
+        attention_factor         sqrt(1/t) given outright
+        truncate                 false: the ramp's bounds are not floored and ceiled (gpt-oss)
     """
 
     def __init__(
@@ -233,14 +238,49 @@ class RoPEYaRN(ScaledRoPE):
         base: float = 10000.0,
         beta_fast: float = 32.0,
         beta_slow: float = 1.0,
+        mscale: float | None = None,
+        mscale_all_dim: float | None = None,
+        attention_factor: float | None = None,
+        truncate: bool = True,
     ):
         super().__init__(n_embd, n_head, train_length, factor, base)
         if not beta_fast > beta_slow > 0:
             raise ValueError(
                 f"pos_enc.beta_fast must exceed pos_enc.beta_slow, both positive; got {beta_fast} and {beta_slow}"
             )
+        for key, value in (("mscale", mscale), ("mscale_all_dim", mscale_all_dim)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"pos_enc.{key} must be null or a number >= 0, got {value}")
+        if attention_factor is not None and not attention_factor > 0:
+            raise ValueError(f"pos_enc.attention_factor must be null or positive, got {attention_factor}")
         self.beta_fast = beta_fast
         self.beta_slow = beta_slow
+        self.mscale, self.mscale_all_dim = mscale, mscale_all_dim
+        self.attention_factor = attention_factor
+        self.truncate = bool(truncate)
+
+    def temperature(self, s: float) -> float:
+        """sqrt(1/t), the factor on cos and sin (transformers' attention_factor), at scale s."""
+        if self.attention_factor is not None:
+            return self.attention_factor
+
+        def mscale(multiplier: float) -> float:
+            return 1.0 if s <= 1 else 0.1 * multiplier * math.log(s) + 1.0
+
+        if self.mscale and self.mscale_all_dim:  # transformers: both set and non-zero
+            return mscale(self.mscale) / mscale(self.mscale_all_dim)
+        return mscale(1.0)
+
+    def ramp(self, s: float) -> torch.Tensor:
+        """Per pair, 0 (keep the frequency) to 1 (interpolate: frequency / s), (d/2,)."""
+        low, high = self.pair_index(self.beta_fast), self.pair_index(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, self.head_dim - 1)  # transformers' bounds
+        if high == low:  # one pair: a step instead of a ramp
+            high += 0.001
+        pair = torch.arange(self.head_dim // 2, dtype=torch.float32, device=self.inv_freq.device)
+        return ((pair - low) / (high - low)).clamp(0, 1)
 
     def pair_index(self, rotations: float) -> float:
         """The (fractional) pair index i at which r_i = `rotations`: solves
@@ -249,17 +289,79 @@ class RoPEYaRN(ScaledRoPE):
 
     def frequencies(self, length):
         s = self.scale(length)
-        if s == 1.0:
+        if s == 1.0 and self.attention_factor is None:
             return self.inv_freq, 1.0
-        low = max(math.floor(self.pair_index(self.beta_fast)), 0)
-        high = math.ceil(self.pair_index(self.beta_slow))
-        if high == low:  # one pair: a step instead of a ramp
-            high += 0.001
-        pair = torch.arange(self.head_dim // 2, dtype=torch.float32, device=self.inv_freq.device)
-        ramp = ((pair - low) / (high - low)).clamp(0, 1)  # 0: keep the frequency, 1: interpolate
+        ramp = self.ramp(s)
         inv_freq = self.inv_freq * (1 - ramp) + (self.inv_freq / s) * ramp
-        temperature = 0.1 * math.log(s) + 1  # sqrt(1/t)
-        return inv_freq, temperature**2
+        return inv_freq, self.temperature(s) ** 2
+
+
+class RoPELongRoPE(ScaledRoPE):
+    """Ding et al., LongRoPE (arXiv 2402.13753), as transformers implements rope_type "longrope"
+    (Phi-3's scaling): pair i's frequency is divided by a rescale factor of its own,
+
+        inv_freq[i] = base^(-2i/d) / lambda_i,   lambda = long_factor past the training context,
+                                                          short_factor within it,
+
+    and cos and sin are multiplied by sqrt(1 + ln s / ln train_length) (s > 1; `logit_factor` is its
+    square), or by `attention_factor` when given.
+
+    The paper finds lambda by an evolutionary search on perplexity at the target length, per model;
+    that search is not run here. Given `long_factor` and `short_factor` lists (d/2 values each, as
+    in a released config) they are used as they are. Left null, short_factor is all ones (plain RoPE
+    within the context) and long_factor is the search's NTK-by-parts starting point: lambda_i =
+    inv_freq[i] / YaRN's frequency of pair i at scale s, 1 for the fast pairs, s for the slow ones.
+    The scale s is `factor` (transformers: max_position_embeddings / original) or, null, follows the
+    sequence as for the other members.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        train_length: int,
+        factor: float | None = None,
+        base: float = 10000.0,
+        long_factor: list[float] | None = None,
+        short_factor: list[float] | None = None,
+        attention_factor: float | None = None,
+    ):
+        super().__init__(n_embd, n_head, train_length, factor, base)
+        pairs = self.head_dim // 2
+        for key, values in (("long_factor", long_factor), ("short_factor", short_factor)):
+            if values is not None and (len(values) != pairs or not all(v > 0 for v in values)):
+                raise ValueError(
+                    f"pos_enc.{key} must be null or {pairs} positive numbers (one per channel pair of head "
+                    f"size {self.head_dim}), got {len(values)} values"
+                )
+        if attention_factor is not None and not attention_factor > 0:
+            raise ValueError(f"pos_enc.attention_factor must be null or positive, got {attention_factor}")
+        self.long_factor, self.short_factor = _float32_or_none(long_factor), _float32_or_none(short_factor)
+        self.attention_factor = attention_factor
+        # the starting point of the search, when no long factors are given: NTK-by-parts at scale s
+        self.ramp_from = RoPEYaRN(n_embd, n_head, train_length, factor, base)
+
+    def rescale(self, length: int, s: float) -> torch.Tensor:
+        """lambda (d/2,): the long factors past the training context, the short ones within it."""
+        if length > self.train_length:
+            if self.long_factor is not None:
+                return self.long_factor.to(self.inv_freq.device)
+            ramp = self.ramp_from.ramp(s).to(self.inv_freq.device)
+            return 1.0 / ((1 - ramp) + ramp / s)
+        if self.short_factor is not None:
+            return self.short_factor.to(self.inv_freq.device)
+        return torch.ones_like(self.inv_freq)
+
+    def frequencies(self, length):
+        s = self.scale(length)
+        if self.attention_factor is not None:
+            attention_factor = self.attention_factor
+        elif s <= 1.0:
+            attention_factor = 1.0
+        else:
+            attention_factor = math.sqrt(1 + math.log(s) / math.log(self.train_length))
+        # transformers: 1 / (lambda * base^(2i/d)), in float32
+        return self.inv_freq / self.rescale(length, s), attention_factor**2
 
 
 class RoPELlama3(ScaledRoPE):
@@ -299,6 +401,10 @@ class RoPELlama3(ScaledRoPE):
         smooth = (rotations - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
         smooth = smooth.clamp(0, 1)  # 0: divide by s, 1: keep
         return (1 - smooth) * self.inv_freq / s + smooth * self.inv_freq, 1.0
+
+
+def _float32_or_none(values) -> torch.Tensor | None:
+    return None if values is None else torch.tensor(list(values), dtype=torch.float32)
 
 
 class RoPEPartial(RoPE):

@@ -6,7 +6,8 @@ Every path is called the same way, `attend(q, k, v, scale, dropout_p, terms) -> 
 and y of shape (B, H, T, hd), and is built once per forward (`GPT.prepare`), so that whatever it
 derives from the positions (a bias, a block mask) is shared by every layer. `terms` carries what
 one layer adds from its own input or weights (`LayerTerms`): a bias from the input (FoX), a bias
-from the logits (CoPE) and a learned sink logit per head:
+from the logits (CoPE), a learned sink logit per head, and the logits themselves for an encoding
+whose logit is not one product of rotated queries and keys (ReRoPE, Self-Extend):
 
     CausalSdpa       no bias: scaled_dot_product_attention with is_causal (flash kernels, no mask)
     MaskedSdpa       the encoding's bias as one (H, T, T) float tensor with the causal mask folded
@@ -18,8 +19,8 @@ from the logits (CoPE) and a learned sink logit per head:
                      to its last row (a `BlockBias`): whatever T, a block holds at most
                      poslab.memory.BLOCK_ELEMENTS logits, and so do the blocks kept for later layers
 
-A bias from the input is added to the mask; a bias from the logits or a sink needs the logits
-themselves, so the path computes that layer's attention explicitly (`attend_block`): logits,
+A bias from the input is added to the mask; a bias from the logits, a sink or the encoding's own
+logits need the logits themselves, so the path computes that layer's attention explicitly (`attend_block`): logits,
 softmax with the sink as one more column that has no value, then the values. The flex path adds the
 input bias inside its score_mod and the sink through the softmax's log-sum-exp; it refuses a bias
 from the logits (the config check says so before training).
@@ -71,18 +72,21 @@ class LayerTerms:
     held in its weights, so it differs from layer to layer."""
 
     input_bias: InputBias | None = None  # pos_enc.input_bias(x, layer): FoX's forget gates
+    # pos_enc.block_logits bound to the forward's rotation: (q rows, keys, start, stop) -> the
+    # logits (B, H, rows, keys) of an encoding that merges two rotations by distance (ReRoPE)
+    logits: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None = None
     # pos_enc.contextual_bias bound to the layer: (q rows, logits) -> bias (B, H, rows, keys); CoPE
     contextual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
     sink: torch.Tensor | None = None  # (H,) learned sink logits (model.net.sink)
 
     @property
     def empty(self) -> bool:
-        return self.input_bias is None and self.contextual is None and self.sink is None
+        return self.input_bias is None and self.explicit is False
 
     @property
     def explicit(self) -> bool:
         """Whether attention needs its logits computed here rather than inside a fused kernel."""
-        return self.contextual is not None or self.sink is not None
+        return self.contextual is not None or self.sink is not None or self.logits is not None
 
 
 NO_TERMS = LayerTerms()
@@ -96,13 +100,20 @@ def with_input_bias(mask: torch.Tensor, terms: LayerTerms, start: int, stop: int
     return mask + terms.input_bias.rows(start, stop).to(mask.dtype)
 
 
-def block_probabilities(q_rows, k_past, scale: float, mask: torch.Tensor, terms: LayerTerms) -> torch.Tensor:
-    """Attention probabilities of a block of query rows (B, H, rows, hd) over the keys up to its
-    last row (B, H, keys, hd): scaled logits plus `mask` (every bias and the causal mask), plus the
-    bias from the logits, softmax over the keys and, with a sink, one more logit per head that
-    takes probability and has no value (rows then sum to less than 1)."""
+def block_probabilities(
+    q_rows, k_past, scale: float, mask: torch.Tensor, terms: LayerTerms, start: int = 0
+) -> torch.Tensor:
+    """Attention probabilities of query rows [start, start + rows) (B, H, rows, hd) over the keys
+    up to the block's last row (B, H, keys, hd): scaled logits (the encoding's own, for one that
+    merges two rotations) plus `mask` (every bias and the causal mask), plus the bias from the
+    logits, softmax over the keys and, with a sink, one more logit per head that takes probability
+    and has no value (rows then sum to less than 1)."""
     # the scale on the queries (rows x hd values) rather than the logits (rows x keys)
-    logits = ((q_rows * scale) @ k_past.transpose(-2, -1)).add_(mask)  # (B, H, rows, keys)
+    if terms.logits is not None:
+        logits = terms.logits(q_rows * scale, k_past, start, start + q_rows.size(-2))
+    else:
+        logits = (q_rows * scale) @ k_past.transpose(-2, -1)
+    logits = logits.add_(mask)  # (B, H, rows, keys)
     if terms.contextual is not None:
         contextual = terms.contextual(q_rows, logits)
         if contextual is not None:
@@ -122,7 +133,7 @@ def attend_block(
     mask = with_input_bias(mask, terms, start, stop)
     if not terms.explicit:
         return F.scaled_dot_product_attention(q_rows, k_past, v_past, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    probs = block_probabilities(q_rows, k_past, scale, mask, terms)
+    probs = block_probabilities(q_rows, k_past, scale, mask, terms, start)
     return F.dropout(probs, dropout_p) @ v_past if dropout_p else probs @ v_past
 
 
@@ -237,10 +248,10 @@ class FlexPath:
     def __call__(self, q, k, v, scale: float, dropout_p: float, terms: LayerTerms = NO_TERMS) -> torch.Tensor:
         if dropout_p:
             raise ValueError("model.net.attention=flex has no attention dropout: set model.net.dropout=0")
-        if terms.contextual is not None:
+        if terms.contextual is not None or terms.logits is not None:
             raise ValueError(
-                "model.net.attention=flex cannot compute a bias from each row's logits (CoPE): "
-                "use model.net.attention=sdpa or chunked"
+                "model.net.attention=flex cannot compute a bias from each row's logits (CoPE) nor merge "
+                "two rotations by distance (ReRoPE, Self-Extend): use model.net.attention=sdpa or chunked"
             )
         score_mod = self.score_mod
         if terms.input_bias is not None:
@@ -370,7 +381,12 @@ class CausalSelfAttention(nn.Module):
         contextual = (
             functools.partial(pos_enc.contextual_bias, layer=self.layer) if pos_enc.has_contextual_bias else None
         )
-        return LayerTerms(input_bias=pos_enc.input_bias(x, self.layer), contextual=contextual, sink=self.sink)
+        logits = (
+            functools.partial(pos_enc.block_logits, prepared=prepared.rotation) if pos_enc.has_block_logits else None
+        )
+        return LayerTerms(
+            input_bias=pos_enc.input_bias(x, self.layer), contextual=contextual, sink=self.sink, logits=logits
+        )
 
     def logit_scale(self, prepared: PreparedPositions, head_dim: int) -> float:
         return prepared.logit_factor / math.sqrt(head_dim)

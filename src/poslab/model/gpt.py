@@ -14,7 +14,8 @@ bias from the logits, a sink: attention.LayerTerms).
 Which path (`model.net.attention`, default auto): an encoding without a bias, and no sink, always
 takes SDPA with is_causal (flash kernels). With a bias (from the positions, the input or the
 logits) or a sink, auto takes flex on CUDA (training and evaluation, unless training with dropout,
-which flex has not, or the bias comes from the logits, which flex cannot compute); elsewhere sdpa,
+which flex has not, or the bias comes from the logits or the encoding merges two rotations by distance (ReRoPE), which flex cannot compute);
+elsewhere sdpa,
 the materialised bias, while autograd is on (training), and chunked under no_grad (evaluation at
 any length within the memory budget).
 
@@ -172,7 +173,13 @@ class GPT(nn.Module):
     def needs_logit_path(self, pos_enc: PositionalEncoding | None = None) -> bool:
         """Whether attention needs more than the causal mask: a bias of any kind, or a sink."""
         pos_enc = pos_enc or self.pos_enc
-        return pos_enc.has_bias or pos_enc.has_input_bias or pos_enc.has_contextual_bias or self.sink
+        return (
+            pos_enc.has_bias
+            or pos_enc.has_input_bias
+            or pos_enc.has_contextual_bias
+            or pos_enc.has_block_logits
+            or self.sink
+        )
 
     def attention_path(self, device: torch.device, pos_enc: PositionalEncoding | None = None) -> str:
         """`attention`, with auto resolved for this forward (see the module docstring)."""
@@ -181,8 +188,12 @@ class GPT(nn.Module):
             return self.attention
         if not self.needs_logit_path(pos_enc):
             return "sdpa"
-        flex_serves = not pos_enc.has_contextual_bias and not (self.training and self.dropout > 0)
-        if device.type == "cuda" and flex_serves:  # flex has no dropout, nor a bias from the logits
+        flex_serves = (
+            not pos_enc.has_contextual_bias
+            and not pos_enc.has_block_logits
+            and not (self.training and self.dropout > 0)
+        )
+        if device.type == "cuda" and flex_serves:  # flex has no dropout, a bias from the logits, two rotations
             return "flex"
         return "sdpa" if torch.is_grad_enabled() else "chunked"
 

@@ -129,6 +129,11 @@ IMPLICIT_DEFAULTS = {
     "model.net.temperature_scale": None,
 }
 
+# Settings an encoding gained later, at the values that compute what its runs computed before
+IMPLICIT_ENCODING_DEFAULTS = {
+    "poslab.encodings.RoPEYaRN": {"mscale": None, "mscale_all_dim": None, "attention_factor": None, "truncate": True},
+}
+
 
 def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
     """The flattened config without the keys that only label a run (and without the seed unless
@@ -136,6 +141,8 @@ def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
     flat = flatten(config)
     if config and "model" in config:
         flat = {**{k: v for k, v in IMPLICIT_DEFAULTS.items() if k not in flat}, **flat}
+    added = IMPLICIT_ENCODING_DEFAULTS.get(flat.get("pos_enc._target_"), {})
+    flat = {**{f"pos_enc.{k}": v for k, v in added.items() if f"pos_enc.{k}" not in flat}, **flat}
     return {k: v for k, v in flat.items() if not _is_label(k, ignore_seed)}
 
 
