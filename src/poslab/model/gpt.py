@@ -14,10 +14,10 @@ bias from the logits, a sink: attention.LayerTerms).
 Which path (`model.net.attention`, default auto): an encoding without a bias, and no sink, always
 takes SDPA with is_causal (flash kernels). With a bias (from the positions, the input or the
 logits) or a sink, auto takes flex on CUDA (training and evaluation, unless training with dropout,
-which flex has not, or the bias comes from the logits or the encoding merges two rotations by distance (ReRoPE), which flex cannot compute);
-elsewhere sdpa,
-the materialised bias, while autograd is on (training), and chunked under no_grad (evaluation at
-any length within the memory budget).
+which flex has not, or the bias comes from the logits or the encoding merges two rotations by
+distance (ReRoPE), which flex cannot compute); elsewhere sdpa, the materialised bias, while
+autograd is on (training), and chunked under no_grad (evaluation at any length within the memory
+budget).
 
 Shapes: B batch, T sequence length, C width; see model/attention.py for the attention's.
 """
