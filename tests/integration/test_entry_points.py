@@ -226,7 +226,7 @@ def test_one_checkpoint_under_several_variants(monkeypatch, capfd, tmp_path, rop
     of another family is refused before anything is scored."""
     args = [f"ckpt_path={rope_checkpoint}", f"paths.log_dir={tmp_path / 'bad'}", *EVAL_TINY]
     assert run_console(monkeypatch, cli.eval_main, *args, "eval.variants=[rope,rope_pi,alibi]") == 2
-    said = "eval.variants=alibi: pos_enc: the checkpoint was trained with rope (rotary family)"
+    said = "eval.variants=alibi: the checkpoint was trained with rope (rotary family)"
     assert said in "".join(capfd.readouterr())
     assert not (tmp_path / "bad").exists()
 

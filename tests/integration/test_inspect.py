@@ -334,7 +334,7 @@ def test_a_checkpoint_is_inspected_within_its_family(monkeypatch, capfd, tmp_pat
     args = [f"ckpt_path={rope_checkpoint}", "variant=alibi", "logger=csv", f"paths.log_dir={tmp_path}"]
     assert run_console(monkeypatch, cli.inspect_main, *args) == 2
     out, err = capfd.readouterr()
-    assert "variant=alibi: pos_enc: the checkpoint was trained with rope (rotary family)" in out + err
+    assert "variant=alibi: the checkpoint was trained with rope (rotary family)" in out + err
     assert not any(tmp_path.iterdir())
 
 

@@ -25,6 +25,7 @@ from poslab.config.resolvers import register_resolvers
 from poslab.config.task_config import make_task
 from poslab.config.validate import (
     check_eval_config,
+    check_eval_temperature,
     check_tokenizer_config,
     eval_variants,
 )
@@ -57,12 +58,18 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoint = read_checkpoint(cfg.ckpt_path)
     # load every variant before scoring any: one that does not fit is refused up front
     models = {}
+    key = "eval.variants" if cfg.eval.get("variants") else "pos_enc"
     for name, encoding in variants:
-        several = len(variants) > 1
-        models[name], run_cfg = model_under(
-            checkpoint, encoding, config_dirs(), name if several else None, key="eval.variants", asked_for=name
-        )
+        asked = name if encoding is not None else None  # a refusal names the setting asked for
+        models[name], run_cfg = model_under(checkpoint, encoding, config_dirs(), asked, key=key, asked_for=name)
     context = run_cfg.data.context
+    net = run_cfg.model.net
+    temperature = check_eval_temperature(cfg.eval, net.get("logit_temperature", "none"))
+    if temperature is not None:
+        for lit in models.values():
+            with_temperature(
+                lit.model, temperature, cfg.eval.get("temperature_scale"), net.get("train_context") or context
+            )
     # a task checkpoint is scored on its task's test examples (the training run's), a language
     # model on held-out text
     task = make_task(run_cfg.task) if run_cfg.get("task") is not None else None
@@ -90,6 +97,10 @@ def evaluate(cfg: DictConfig) -> dict:
         "pos_enc_name": cfg.pos_enc_name,
         "ckpt_path": str(cfg.ckpt_path),
     }
+    if temperature is not None:  # what was scored: the temperature put on at evaluation
+        scored_config["model"]["net"].update(
+            logit_temperature=temperature, temperature_scale=cfg.eval.get("temperature_scale")
+        )
     if len(variants) > 1:  # each variant's encoding is in its rows; the config holds the trained one
         scored_config["pos_enc"] = checkpoint["hyper_parameters"]["pos_enc"]
     rows, passkey = [], None
@@ -163,6 +174,14 @@ def evaluate(cfg: DictConfig) -> dict:
         task={**task.settings(), "rows": rows} if task is not None else None,
     )
     return write_and_show(results, Path(cfg.paths.output_dir))
+
+
+def with_temperature(model, rule: str, scale: float | None, train_context: int) -> None:
+    """Score `model` under the temperature rule `rule` (eval.logit_temperature), relative to the
+    context it was trained at; the rules it may take have no weights (poslab.config checks)."""
+    model.logit_temperature = rule
+    model.temperature_scale = scale
+    model.train_context = int(train_context)
 
 
 def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConfig | None:

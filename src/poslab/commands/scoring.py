@@ -47,7 +47,10 @@ def model_under(
             check_same_family(checkpoint, encoding["_target_"], config_dirs=dirs)
         return LitGPT.from_checkpoint(checkpoint, encoding)
     except ConfigError as error:
-        raise ConfigError(f"{key}={name}: {error}" if name else str(error)) from error
+        if not name:
+            raise
+        # the setting asked for names itself once: "pos_enc=rerope: the checkpoint was trained with ..."
+        raise ConfigError(f"{key}={name}: {str(error).removeprefix('pos_enc: ')}") from error
 
 
 def load_heldout(data_cfg, num_tokens: int, longest: int, passkey=None):

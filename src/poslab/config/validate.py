@@ -290,7 +290,43 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
             "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
             "a training run is scored under its own pos_enc"
         )
+    if cfg.eval.get("logit_temperature") is not None:
+        raise ConfigError(
+            "eval.logit_temperature is for poslab-eval (score a checkpoint under a temperature it was not "
+            "trained with); to train with one set model.net.logit_temperature"
+        )
     return check_eval_config(cfg.eval, cfg.data.context)
+
+
+# eval.logit_temperature: the rules without weights, which a checkpoint can be scored under as it is
+EVAL_TEMPERATURE_RULES = tuple(rule for rule in TEMPERATURE_RULES if rule != "ssmax")
+
+
+def check_eval_temperature(eval_cfg, trained_rule: str) -> str | None:
+    """poslab-eval's eval.logit_temperature against the checkpoint's model.net.logit_temperature:
+    the rule to score under, or None (the trained one). SSMax has weights: neither put on nor taken
+    off a checkpoint."""
+    rule = eval_cfg.get("logit_temperature")
+    scale = eval_cfg.get("temperature_scale")
+    if scale is not None and (not _is_number(scale) or not scale > 0):
+        raise ConfigError(f"eval.temperature_scale must be a positive number or null, got {scale!r}")
+    if rule is None:
+        if scale is not None:
+            raise ConfigError("eval.temperature_scale goes with eval.logit_temperature=llama4")
+        return None
+    if rule not in EVAL_TEMPERATURE_RULES:
+        raise ConfigError(
+            f"eval.logit_temperature={rule}: allowed: null (as trained), {', '.join(EVAL_TEMPERATURE_RULES)} "
+            "(ssmax learns weights in training)"
+        )
+    if trained_rule == "ssmax":
+        raise ConfigError(
+            "eval.logit_temperature: the checkpoint was trained with model.net.logit_temperature=ssmax, whose "
+            "learned weights cannot be taken off; score it without eval.logit_temperature"
+        )
+    if scale is not None and rule != "llama4":
+        raise ConfigError("eval.temperature_scale goes with eval.logit_temperature=llama4")
+    return rule
 
 
 def check_training(cfg: DictConfig) -> None:

@@ -127,6 +127,8 @@ IMPLICIT_DEFAULTS = {
     "model.net.sink": False,
     "model.net.logit_temperature": "none",
     "model.net.temperature_scale": None,
+    "eval.logit_temperature": None,
+    "eval.temperature_scale": None,
 }
 
 # Settings an encoding gained later, at the values that compute what its runs computed before
