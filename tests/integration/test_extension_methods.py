@@ -47,6 +47,21 @@ def test_remapping_variants_and_log_n_score_a_rope_checkpoint(train_config, tmp_
     assert logn["config"]["model"]["net"]["logit_temperature"] == "logn"
     assert logn["config"]["eval"]["logit_temperature"] == "logn"
 
+    # windows with sinks, on any variant and with the temperature
+    for method in ("streaming_llm", "lm_infinite"):
+        windowed = scored(
+            ckpt,
+            tmp_path / method,
+            "eval.variants=[rope,rope_yarn]",
+            "eval.window.local=8",
+            "eval.window.sinks=2",
+            f"eval.window.method={method}",
+        )
+        windowed_rows = rows_by(windowed)
+        assert all(row["status"] == "ok" for row in windowed["extrapolation"])
+        assert windowed_rows[("rope", 64)]["loss"] != rows[("rope", 64)]["loss"]
+        assert windowed["config"]["eval"]["window"] == {"local": 8, "sinks": 2, "method": method}
+
     combined = scored(ckpt, tmp_path / "both", "eval.variants=[rerope,self_extend]", "eval.logit_temperature=logn")
     assert {row["variant"] for row in combined["extrapolation"]} == {"rerope", "self_extend"}
     assert combined["config"]["model"]["net"]["logit_temperature"] == "logn"
@@ -58,6 +73,8 @@ def test_remapping_variants_and_log_n_score_a_rope_checkpoint(train_config, tmp_
         (["eval.logit_temperature=ssmax"], r"eval.logit_temperature=ssmax: allowed: null \(as trained\), none, logn"),
         (["eval.logit_temperature=log_n"], "eval.logit_temperature=log_n: allowed"),
         (["eval.temperature_scale=0.2"], "eval.temperature_scale goes with eval.logit_temperature=llama4"),
+        (["eval.window.local=8", "eval.window.method=sliding"], "eval.window.method=sliding: allowed: streaming_llm"),
+        (["eval.window.local=0"], "eval.window.local must be a whole number >= 1"),
         (["pos_enc=rerope"], "pos_enc=rerope: the checkpoint was trained with alibi .alibi family.*allowed: alibi"),
     ],
 )
@@ -69,6 +86,14 @@ def test_what_cannot_be_scored_is_refused_in_one_line(train_config, tmp_path, ov
     assert not (tmp_path / "eval" / "results.json").exists()
 
 
-def test_training_refuses_an_evaluation_temperature(train_config):
+def test_training_refuses_an_evaluation_temperature_and_window(train_config):
     with pytest.raises(ConfigError, match="eval.logit_temperature is for poslab-eval"):
         train(train_config("pos_enc=rope", "eval.logit_temperature=logn"))
+    with pytest.raises(ConfigError, match="eval.window is for poslab-eval"):
+        train(train_config("pos_enc=rope", "eval.window.local=8"))
+
+
+def test_a_window_refuses_absolute_positions(train_config, tmp_path):
+    ckpt = trained(train_config, "sinusoidal")
+    with pytest.raises(ConfigError, match=r"eval.window cannot score pos_enc=\w+: it adds positions"):
+        scored(ckpt, tmp_path / "eval", "eval.window.local=8")

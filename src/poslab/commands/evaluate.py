@@ -21,15 +21,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poslab.commands.job import config_dirs, guarded_job
 from poslab.commands.scoring import load_heldout, model_under, score, score_passkey, score_task_block
 from poslab.config import CONFIG_DIR, load_choice
+from poslab.config.evaluation import check_eval_temperature, check_eval_window
 from poslab.config.resolvers import register_resolvers
 from poslab.config.task_config import make_task
 from poslab.config.validate import (
     check_eval_config,
-    check_eval_temperature,
     check_tokenizer_config,
     eval_variants,
 )
 from poslab.errors import ConfigError
+from poslab.model.window import window_refusal
 from poslab.records.checkpoints import checkpoint_run_name, read_checkpoint, run_folder
 from poslab.records.console import write_and_show
 from poslab.records.loggers import finish_wandb, grouping_keys, log_extrapolation, log_task, make_loggers
@@ -65,6 +66,13 @@ def evaluate(cfg: DictConfig) -> dict:
     context = run_cfg.data.context
     net = run_cfg.model.net
     temperature = check_eval_temperature(cfg.eval, net.get("logit_temperature", "none"))
+    window = check_eval_window(cfg.eval, net.get("train_context") or context)
+    for name, lit in models.items():
+        if window is not None:
+            refusal = window_refusal(lit.model)
+            if refusal:
+                raise ConfigError(f"eval.window cannot score {key}={name}: {refusal}")
+            lit.model.window = window
     if temperature is not None:
         for lit in models.values():
             with_temperature(
@@ -184,6 +192,16 @@ def with_temperature(model, rule: str, scale: float | None, train_context: int) 
     model.train_context = int(train_context)
 
 
+def evaluation_settings(eval_cfg) -> list[str]:
+    """What poslab-eval puts on the checkpoint beyond its encoding, as labels for run names:
+    ['logn', 'streaming_llm(sinks=4, local=128)'] (empty when nothing)."""
+    labels = [str(eval_cfg.logit_temperature)] if eval_cfg.get("logit_temperature") is not None else []
+    window = eval_cfg.get("window") or {}
+    if window.get("local") is not None:
+        labels.append(f"{window.get('method')}(sinks={window.get('sinks')}, local={window.get('local')})")
+    return labels
+
+
 def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConfig | None:
     """The logger config for one variant: its wandb run named after it (one run per variant, so a
     dashboard overlays them like training runs) and, with several variants, its own CSV folder
@@ -197,7 +215,7 @@ def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConf
             if one is None or "_target_" not in one:
                 continue
             if one._target_.endswith("WandbLogger"):
-                one.name = f"{variant}-s{cfg.seed}"
+                one.name = "+".join([variant, *evaluation_settings(cfg.eval)]) + f"-s{cfg.seed}"
             elif one._target_.endswith("CSVLogger") and several:
                 one.version = variant
     return logger_cfg

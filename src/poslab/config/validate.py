@@ -36,7 +36,7 @@ def check_multiples(values, key: str, at_least: float | None = None) -> list[flo
             f"{key} must be a non-empty list of multiples of the context, e.g. {key}=[2,4], got {values!r}"
         )
     for value in values:
-        if not _is_number(value) or value <= 0 or (at_least is not None and value < at_least):
+        if not is_number(value) or value <= 0 or (at_least is not None and value < at_least):
             smallest = f"a number >= {at_least:g}" if at_least is not None else "a positive number"
             raise ConfigError(f"{key}: every multiple must be {smallest}, got {value!r}")
     return sorted({float(value) for value in values})
@@ -61,7 +61,7 @@ def eval_lengths(eval_cfg, context: int) -> list[int]:
         return multiples_of_context(eval_cfg.get("lengths_x"), context, "eval.lengths_x")
     lengths = list(eval_cfg.lengths)
     for length in lengths:
-        if not _is_number(length) or not float(length).is_integer() or length <= 0:
+        if not is_number(length) or not float(length).is_integer() or length <= 0:
             raise ConfigError(
                 f"eval.lengths: every eval length must be a positive whole number of tokens, got {length}"
             )
@@ -111,21 +111,21 @@ def check_optimizer_config(cfg: DictConfig) -> None:
     """model.optimizer and model.scheduler: what AdamW and the schedule can work with."""
     optimizer, scheduler = cfg.model.get("optimizer") or {}, cfg.model.get("scheduler") or {}
     lr = optimizer.get("lr")
-    if lr is not None and (not _is_number(lr) or not lr > 0):
+    if lr is not None and (not is_number(lr) or not lr > 0):
         raise ConfigError(f"model.optimizer.lr must be a positive number, got {lr!r}")
     decay = optimizer.get("weight_decay")
-    if decay is not None and (not _is_number(decay) or decay < 0):
+    if decay is not None and (not is_number(decay) or decay < 0):
         raise ConfigError(f"model.optimizer.weight_decay must be a number >= 0, got {decay!r}")
     betas = optimizer.get("betas")
     if betas is not None and (
-        isinstance(betas, str) or len(betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+        isinstance(betas, str) or len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas)
     ):
         raise ConfigError(f"model.optimizer.betas must be two numbers in [0, 1), got {betas!r}")
     warmup = scheduler.get("warmup_steps")
     if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
         raise ConfigError(f"model.scheduler.warmup_steps must be an integer >= 0, got {warmup!r}")
     floor = scheduler.get("min_lr_ratio")
-    if floor is not None and (not _is_number(floor) or not 0 <= floor <= 1):
+    if floor is not None and (not is_number(floor) or not 0 <= floor <= 1):
         raise ConfigError(f"model.scheduler.min_lr_ratio must be in [0, 1], got {floor!r}")
 
 
@@ -165,7 +165,7 @@ def check_attention_terms(cfg: DictConfig, attention: str) -> None:
     if rule not in TEMPERATURE_RULES:
         raise ConfigError(f"model.net.logit_temperature={rule}: allowed: {', '.join(TEMPERATURE_RULES)}")
     scale = net.get("temperature_scale")
-    if scale is not None and (not _is_number(scale) or not scale > 0):
+    if scale is not None and (not is_number(scale) or not scale > 0):
         raise ConfigError(f"model.net.temperature_scale must be a positive number or null, got {scale!r}")
     if scale is not None and rule not in DEFAULT_SCALE:
         raise ConfigError(
@@ -290,43 +290,17 @@ def check_train_config(cfg: DictConfig) -> EvalSettings:
             "eval.variants is for poslab-eval (score a trained checkpoint under several encodings); "
             "a training run is scored under its own pos_enc"
         )
+    if (cfg.eval.get("window") or {}).get("local") is not None:
+        raise ConfigError(
+            "eval.window is for poslab-eval (score a checkpoint with windowed attention); a training run is "
+            "scored with the attention it trained with"
+        )
     if cfg.eval.get("logit_temperature") is not None:
         raise ConfigError(
             "eval.logit_temperature is for poslab-eval (score a checkpoint under a temperature it was not "
             "trained with); to train with one set model.net.logit_temperature"
         )
     return check_eval_config(cfg.eval, cfg.data.context)
-
-
-# eval.logit_temperature: the rules without weights, which a checkpoint can be scored under as it is
-EVAL_TEMPERATURE_RULES = tuple(rule for rule in TEMPERATURE_RULES if rule != "ssmax")
-
-
-def check_eval_temperature(eval_cfg, trained_rule: str) -> str | None:
-    """poslab-eval's eval.logit_temperature against the checkpoint's model.net.logit_temperature:
-    the rule to score under, or None (the trained one). SSMax has weights: neither put on nor taken
-    off a checkpoint."""
-    rule = eval_cfg.get("logit_temperature")
-    scale = eval_cfg.get("temperature_scale")
-    if scale is not None and (not _is_number(scale) or not scale > 0):
-        raise ConfigError(f"eval.temperature_scale must be a positive number or null, got {scale!r}")
-    if rule is None:
-        if scale is not None:
-            raise ConfigError("eval.temperature_scale goes with eval.logit_temperature=llama4")
-        return None
-    if rule not in EVAL_TEMPERATURE_RULES:
-        raise ConfigError(
-            f"eval.logit_temperature={rule}: allowed: null (as trained), {', '.join(EVAL_TEMPERATURE_RULES)} "
-            "(ssmax learns weights in training)"
-        )
-    if trained_rule == "ssmax":
-        raise ConfigError(
-            "eval.logit_temperature: the checkpoint was trained with model.net.logit_temperature=ssmax, whose "
-            "learned weights cannot be taken off; score it without eval.logit_temperature"
-        )
-    if scale is not None and rule != "llama4":
-        raise ConfigError("eval.temperature_scale goes with eval.logit_temperature=llama4")
-    return rule
 
 
 def check_training(cfg: DictConfig) -> None:
@@ -377,13 +351,13 @@ def eval_protocols(eval_cfg) -> list[str]:
     return protocols
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_passkey_mix(data: DictConfig) -> None:
     mix = data.get("passkey_mix", 0.0)
-    if not _is_number(mix) or not 0.0 <= mix <= 1.0:
+    if not is_number(mix) or not 0.0 <= mix <= 1.0:
         raise ConfigError(f"data.passkey_mix must be a fraction of training windows in [0, 1], got {mix!r}")
     if mix > 0 and data.context < PASSKEY_MIN_LENGTH:
         raise ConfigError(
@@ -428,7 +402,7 @@ def check_passkey_config(passkey_cfg, context: int, heldout_tokens: int) -> Pass
     lengths = passkey_lengths(passkey_cfg, context)
     check_passkey_filler(lengths, heldout_tokens)
     depths = passkey_cfg.get("depths")
-    if not depths or isinstance(depths, str) or not all(_is_number(d) and 0.0 <= d <= 1.0 for d in depths):
+    if not depths or isinstance(depths, str) or not all(is_number(d) and 0.0 <= d <= 1.0 for d in depths):
         raise ConfigError(f"eval.passkey.depths must be a non-empty list of fractions in [0, 1], got {depths!r}")
     if len(set(depths)) != len(depths):
         raise ConfigError(f"eval.passkey.depths lists a depth twice: {list(depths)}")
@@ -438,7 +412,7 @@ def check_passkey_config(passkey_cfg, context: int, heldout_tokens: int) -> Pass
         if not isinstance(value, int) or isinstance(value, bool) or value < smallest:
             raise ConfigError(f"eval.passkey.{key} must be an integer >= {smallest}, got {value!r}")
     threshold = passkey_cfg.get("threshold")
-    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+    if not is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"eval.passkey.threshold must be an accuracy in [0, 1], got {threshold!r}")
     return PasskeySettings(
         lengths=tuple(lengths),
@@ -584,10 +558,10 @@ def check_inspect_config(cfg: DictConfig, config_dirs: Sequence[str] = (CONFIG_D
         check_model_config(cfg)
         _positive_int(cfg.data, "context")
     tolerance = cfg.get("return_tolerance")
-    if not _is_number(tolerance) or not 0 < tolerance < 1:
+    if not is_number(tolerance) or not 0 < tolerance < 1:
         raise ConfigError(f"return_tolerance must be a fraction between 0 and 1, e.g. 0.05, got {tolerance!r}")
     threshold = cfg.get("bias_threshold")
-    if not _is_number(threshold) or not threshold < 0:
+    if not is_number(threshold) or not threshold < 0:
         raise ConfigError(f"bias_threshold must be a negative number of logits, e.g. -4.6, got {threshold!r}")
     check_multiples(cfg.get("lengths_x"), "lengths_x", at_least=1)
     for key in ("distance_x", "num_tokens"):

@@ -53,6 +53,8 @@ class RemappedRoPE(RoPE):
     """RoPE with its relative distance remapped past `window` (see the module docstring).
     Subclasses give the far rotation's positions, `far_positions`."""
 
+    composes_rotations = False  # the logits are two rotations merged by distance
+
     def __init__(self, n_embd: int, n_head: int, window: int, base: float = 10000.0):
         super().__init__(n_embd, n_head, base)
         if window < 1:

@@ -108,6 +108,8 @@ class RoPE(PositionalEncoding):
     """Su et al., RoFormer (arXiv 2104.09864), section 3.2: inv_freq[i] = base^(-2i / head_dim)."""
 
     family = "rotary"
+    # a rotation by a then by b is the rotation by a + b: eval.window shifts a query's position so
+    composes_rotations = True
 
     def __init__(self, n_embd: int, n_head: int, base: float = 10000.0):
         super().__init__()
@@ -452,6 +454,7 @@ class XPos(RoPE):
     """
 
     family = "xpos"
+    composes_rotations = False  # the decay scales queries and keys by their own positions
 
     def __init__(
         self,

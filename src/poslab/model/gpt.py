@@ -44,6 +44,7 @@ from poslab.model.attention import (
     sdpa_mask,
 )
 from poslab.model.temperature import DEFAULT_SCALE, HeadTemperature, query_factor
+from poslab.model.window import AttentionWindow, WindowedPath
 
 
 class MLP(nn.Module):
@@ -97,6 +98,8 @@ class GPT(nn.Module):
         self.logit_temperature = logit_temperature
         self.temperature_scale = temperature_scale
         self.train_context = train_context
+        # eval.window (model/window.py): set by poslab-eval on a loaded model, never trained with
+        self.window: AttentionWindow | None = None
         self.pos_enc = pos_enc if pos_enc is not None else NoPE()
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.drop = nn.Dropout(dropout)
@@ -164,7 +167,7 @@ class GPT(nn.Module):
                     pos=pos,
                     rotation=pos_enc.prepare(pos, length),
                     logit_factor=pos_enc.logit_scale(length),
-                    attend=self.attention_for(pos, dtype, pos_enc),
+                    attend=self.attention_for(pos, dtype, pos_enc, length),
                     query_factor=factor,
                 )
             per_layer.append(by_encoding[id(pos_enc)])
@@ -198,10 +201,16 @@ class GPT(nn.Module):
         return "sdpa" if torch.is_grad_enabled() else "chunked"
 
     def attention_for(
-        self, pos: torch.Tensor, dtype: torch.dtype, pos_enc: PositionalEncoding | None = None
+        self,
+        pos: torch.Tensor,
+        dtype: torch.dtype,
+        pos_enc: PositionalEncoding | None = None,
+        length: int | None = None,
     ) -> AttentionPath:
         """The attention path of this forward, with the encoding's bias in it."""
         pos_enc = pos_enc or self.pos_enc
+        if self.window is not None:  # the window's own blocks, whatever the encoding
+            return WindowedPath(self.window, pos_enc, pos, length or span(pos), self.chunk_elements)
         path = self.attention_path(pos.device, pos_enc)
         if path == "flex":
             return FlexPath(pos_enc, pos, pos.shape[-1])

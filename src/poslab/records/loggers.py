@@ -138,6 +138,8 @@ def grouping_keys(
         # the model's settings that compose with any encoding (model.net.sink, logit_temperature)
         "sink": getattr(model, "sink", False),
         "logit_temperature": getattr(model, "logit_temperature", "none"),
+        # poslab-eval's eval.window: its method and sizes, e.g. streaming_llm(sinks=4, local=128)
+        "window": model.window.label() if getattr(model, "window", None) is not None else None,
         "job": job,
         "task": task,  # the algorithmic task's name; None for a language model
         "seed": seed,

@@ -129,6 +129,9 @@ IMPLICIT_DEFAULTS = {
     "model.net.temperature_scale": None,
     "eval.logit_temperature": None,
     "eval.temperature_scale": None,
+    "eval.window.local": None,
+    "eval.window.sinks": 4,
+    "eval.window.method": "streaming_llm",
 }
 
 # Settings an encoding gained later, at the values that compute what its runs computed before
