@@ -11,11 +11,12 @@ capped distances, the rotation written in complex numbers.
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from poslab.encodings import ALiBi, FoX, Learned, NoPE, RoPE, RoPEYaRN, XPos
-from poslab.encodings.remapped import ReRoPE
+from poslab.encodings.remapped import LeakyReRoPE, ReRoPE, SelfExtend
 from poslab.model import GPT
-from poslab.model.window import AttentionWindow, WindowedPath, window_refusal
+from poslab.model.window import WINDOW_METHODS, AttentionWindow, WindowedPath, window_refusal
 
 N_EMBD, N_HEAD, VOCAB = 32, 2, 13
 SINKS, LOCAL = 2, 5
@@ -120,3 +121,40 @@ def test_encodings_a_window_cannot_serve_are_named():
     assert "does not compose" in window_refusal(model(ReRoPE(N_EMBD, N_HEAD, window=4)))
     for encoding in (RoPE(N_EMBD, N_HEAD), ALiBi(N_HEAD), NoPE(), FoX(N_EMBD, N_HEAD, n_layer=1)):
         assert window_refusal(model(encoding)) is None
+
+
+class LargestTensor(TorchDispatchMode):
+    """The most elements any operation's output holds while the mode is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(tensor, torch.Tensor):
+                self.most = max(self.most, tensor.numel())
+        return out
+
+
+@pytest.mark.parametrize("name", ["rerope", "leaky_rerope", "self_extend", "streaming_llm", "lm_infinite", "alibi"])
+def test_no_method_builds_a_t_by_t_tensor_at_32x(name):
+    """At 32x a 16-token training context, on the chunked path with a small budget, no tensor of
+    the forward (logits, masks, rotations) reaches T x T elements."""
+    T, train = 512, 16
+    encodings = {
+        "rerope": lambda: ReRoPE(N_EMBD, N_HEAD, window=2),
+        "leaky_rerope": lambda: LeakyReRoPE(N_EMBD, N_HEAD, window=2, leak=16.0),
+        "self_extend": lambda: SelfExtend(N_EMBD, N_HEAD, window=4, group=8),
+        "alibi": lambda: ALiBi(N_HEAD),
+    }
+    net = model(encodings.get(name, lambda: RoPE(N_EMBD, N_HEAD))(), n_layer=2)
+    net.chunk_elements = 2**14
+    if name in WINDOW_METHODS:
+        net.window = AttentionWindow(sinks=4, local=train, method=name, cap=train)
+    idx = torch.randint(0, VOCAB, (1, T))
+    with torch.no_grad(), LargestTensor() as largest:
+        net(idx)
+    # the largest is the MLP's hidden layer, T x 4 n_embd = T^2 / 4 here; a T x T tensor would be four times that
+    assert largest.most <= T * 4 * N_EMBD < T * T, largest.most
