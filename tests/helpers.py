@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from poslab.config import CONFIG_DIR, available
 from poslab.config.resolvers import register_resolvers
@@ -203,3 +204,18 @@ def read_offline_wandb_run(path: Path) -> LoggedToWandb:
     logged.history |= {k.rsplit("/", 1)[0] for k in logged.history if k.endswith("/_type")}
     logged.summary |= {k.rsplit("/", 1)[0] for k in logged.summary if k.endswith("/_type")}
     return logged
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.most = max(self.most, t.numel())
+        return out

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 from torch.nn.attention.flex_attention import create_block_mask
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import LargestTensor
 from poslab.encodings import FIRE, KERPLE, ALiBi, NoPE, RoPEYaRN, T5Bias
 from poslab.model import (
     GPT,
@@ -176,21 +176,6 @@ def test_auto_picks_flex_on_cuda_and_chunked_for_cpu_evaluation(name):
     plain = tiny_gpt(NoPE())
     with torch.no_grad():
         assert plain.attention_path(cuda) == plain.attention_path(cpu) == "sdpa"  # is_causal, no bias
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the most elements of any tensor an operation returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.most = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.most = max(self.most, t.numel())
-        return out
 
 
 LONG = 512

@@ -11,8 +11,8 @@ capped distances, the rotation written in complex numbers.
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import LargestTensor
 from poslab.encodings import ALiBi, FoX, Learned, NoPE, RoPE, RoPEYaRN, XPos
 from poslab.encodings.remapped import LeakyReRoPE, ReRoPE, SelfExtend
 from poslab.model import GPT
@@ -121,21 +121,6 @@ def test_encodings_a_window_cannot_serve_are_named():
     assert "does not compose" in window_refusal(model(ReRoPE(N_EMBD, N_HEAD, window=4)))
     for encoding in (RoPE(N_EMBD, N_HEAD), ALiBi(N_HEAD), NoPE(), FoX(N_EMBD, N_HEAD, n_layer=1)):
         assert window_refusal(model(encoding)) is None
-
-
-class LargestTensor(TorchDispatchMode):
-    """The most elements any operation's output holds while the mode is on."""
-
-    def __init__(self):
-        super().__init__()
-        self.most = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(tensor, torch.Tensor):
-                self.most = max(self.most, tensor.numel())
-        return out
 
 
 @pytest.mark.parametrize("name", ["rerope", "leaky_rerope", "self_extend", "streaming_llm", "lm_infinite", "alibi"])

@@ -68,7 +68,7 @@ def window_refusal(model) -> str | None:
     return None
 
 
-def visible(pos_rows: torch.Tensor, start: int, stop: int, window: AttentionWindow, device) -> torch.Tensor:
+def visible(start: int, stop: int, window: AttentionWindow, device) -> torch.Tensor:
     """(rows, stop) bool: which keys the rows [start, stop) see: the sinks and the last `local`."""
     i = torch.arange(start, stop, device=device).unsqueeze(-1)
     j = torch.arange(stop, device=device)
@@ -106,7 +106,7 @@ class WindowedPath:
             for j, q_pos in enumerate(sink_query_positions(pos, start, stop, self.window)):
                 column = self.pos_enc.bias(q_pos, pos[..., j : j + 1])  # (..., H, rows, 1)
                 mask[..., j : j + 1] = column.to(dtype).reshape(mask[..., j : j + 1].shape)
-        seen = visible(pos[..., start:stop], start, stop, self.window, device)
+        seen = visible(start, stop, self.window, device)
         mask = mask.masked_fill(~seen, float("-inf"))
         return mask if mask.dim() == 4 else mask.unsqueeze(0)
 
