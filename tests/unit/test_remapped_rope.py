@@ -77,6 +77,53 @@ def test_logits_equal_the_pairwise_reference(encoding, distance, length, rows):
     torch.testing.assert_close(logits[:, causal].double(), expected[:, causal], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("encoding, distance", CASES, ids=["rerope", "leaky_rerope", "self_extend"])
+@pytest.mark.parametrize("length", [3, 5, 6, 40], ids=["within_window", "window", "window_plus_one", "long"])
+def test_fused_attention_equals_softmax_of_the_pairwise_reference(encoding, distance, length):
+    """`attend` (a band and a causal pass merged by their log-sum-exp) against the reference
+    logits' softmax times the values, pair by pair; also with positions that start at an offset."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, N_HEAD, length, HEAD_DIM) for _ in range(3))
+    scale = 1 / math.sqrt(HEAD_DIM)
+    logits = reference_logits(q[0], k[0], distance) * scale
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    expected = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ v[0].double()
+    y = encoding.attend(q, k, v, scale, encoding.prepare(torch.arange(length), length))
+    torch.testing.assert_close(y[0].double(), expected, atol=1e-5, rtol=1e-5)
+    if isinstance(encoding, SelfExtend):
+        return  # grouped positions depend on where the sequence starts
+    shifted = encoding.attend(q, k, v, scale, encoding.prepare(torch.arange(length) + 9, length + 9))
+    torch.testing.assert_close(shifted[0].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_model_takes_the_fused_passes_where_they_apply_and_block_logits_elsewhere(monkeypatch):
+    """Distance is in positions: where they do not step by 1, `attend` declines and the model
+    scores through block_logits; where they do, both ways give the same model outputs."""
+    encoding = ReRoPE(N_EMBD, N_HEAD, window=4)
+    q, k, v = (torch.randn(1, N_HEAD, 20, HEAD_DIM) for _ in range(3))
+    assert encoding.attend(q, k, v, 1.0, encoding.prepare(torch.arange(0, 40, 2), 40)) is None
+    torch.manual_seed(0)
+    model = GPT(64, 2, N_HEAD, N_EMBD, pos_enc=ReRoPE(N_EMBD, N_HEAD, window=4), train_context=16).eval()
+    idx = torch.randint(0, 64, (2, 30))
+    fused_calls = []
+    attend = ReRoPE.attend
+
+    def recorded(self, *args, **kwargs):
+        y = attend(self, *args, **kwargs)
+        fused_calls.append(y is not None)
+        return y
+
+    monkeypatch.setattr(ReRoPE, "attend", recorded)
+    with torch.no_grad():
+        fused = model(idx)
+        assert fused_calls == [True, True]  # one per layer
+        model(idx, pos=torch.arange(0, 60, 2))
+        assert fused_calls[2:] == [False, False]
+        monkeypatch.setattr(ReRoPE, "attend", lambda self, *args, **kwargs: None)
+        by_logits = model(idx)
+    torch.testing.assert_close(fused, by_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_self_extend_distances_by_hand():
     """Window 4, group 2 (the paper's Figure 2 setting, 2401.01325): near pairs keep i - j; from
     distance 4 on, floor(i/2) - floor(j/2) + 4 - 2. Worked by hand: (4, 0) -> 2 - 0 + 2 = 4,

@@ -10,11 +10,14 @@ only the hooks it needs; the defaults leave the model position-free (NoPE):
     score_mod(q_pos, k_pos)  the same bias elementwise, for FlexAttention
     logit_scale(length)      a multiplier on the attention logits (YaRN's temperature)
 
-One hook serves methods whose logit is not one product of rotated queries and keys:
+One hook serves methods whose logit is not one product of rotated queries and keys, and a second,
+optional, computes their attention faster than from those logits:
 
     block_logits(q, k, start, stop, prepared)  the logits of a block of query rows, computed by
                                       the encoding itself (ReRoPE, Self-Extend: two rotations
                                       merged by distance)                 -> (B, H, rows, keys)
+    attend(q, k, v, scale, prepared)  the same attention, whole, or None  -> (B, H, T, hd)
+                                      (ReRoPE, Self-Extend: a band and a fused causal pass)
 
 Three hooks serve methods whose terms are not a function of the positions alone; each gets the
 layer's index, since such methods keep weights per layer:
@@ -155,6 +158,20 @@ class PositionalEncoding(nn.Module):
         (unrotated, for such an encoding), q_rows already scaled; `prepared` is what `prepare`
         returned. Overriding this makes the model compute every layer's logits block by block."""
         raise NotImplementedError
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, prepared: Any
+    ) -> torch.Tensor | None:
+        """Optional, beside `block_logits`: the layer's causal attention (B, H, T, hd) computed by
+        the encoding itself from q, k, v as `rotate` left them (q not yet scaled), where it knows a
+        faster way than its logits block by block (ReRoPE: two fused passes merged by their
+        log-sum-exp). Returns None where it cannot; the path then computes `block_logits`. Paths
+        call it only when nothing else in the layer needs the logits (a sink, a bias, dropout)."""
+        return None
+
+    @property
+    def has_attend(self) -> bool:
+        return type(self).attend is not PositionalEncoding.attend
 
     @property
     def has_block_logits(self) -> bool:

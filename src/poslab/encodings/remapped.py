@@ -20,10 +20,16 @@ Both reference patches also scale the queries by log-n (ReRoPE always, Self-Exte
 `scale_base`); here that is a setting of its own, `eval.logit_temperature=logn`, so that each
 method can be scored with and without it.
 
-The logits are computed block by block of query rows (`block_logits`); the model then takes its
-explicit attention path (the chunked one in evaluation), so no (T, T) tensor is built at any
-length. Nothing here is a trained weight: every class is a member of the rotary family and scores
-a RoPE checkpoint as it is (within the window, d < w, each is plain RoPE).
+Attention itself (`attend`) runs the two passes as two softmaxes merged exactly: the near keys
+(the last w of each query) as a band, (T, w), and the far keys (j <= i - w, a causal mask shifted
+by w) through SDPA's fused causal kernel, with one extra key per query whose logit is the near
+band's log-sum-exp and whose value marks it; the share that key takes is the near band's share of
+the full softmax. So no (T, T) tensor is built at any length, and the far pass costs one causal
+attention. `block_logits` gives the same logits block by block of query rows, for the explicit
+path (with a sink, or positions that are not consecutive) and for the diagnostics.
+
+Nothing here is a trained weight: every class is a member of the rotary family and scores a RoPE
+checkpoint as it is (within the window, d < w, each is plain RoPE).
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from poslab.encodings.rotary import RoPE, RotaryTables, rotate_pairs
+from poslab.memory import row_blocks
 
 
 class RemappedTables(NamedTuple):
@@ -43,6 +51,7 @@ class RemappedTables(NamedTuple):
     far_query: RotaryTables
     far_key: RotaryTables
     pos: torch.Tensor  # (T,) or (B, T)
+    consecutive: bool  # positions that step by 1 along the sequence: distance in positions = in index
 
 
 def _rows(tables: RotaryTables, start: int, stop: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +81,8 @@ class RemappedRoPE(RoPE):
             far_query=super().prepare(far_query, length),
             far_key=super().prepare(far_key, length),
             pos=pos,
+            # one host sync per forward, not per layer
+            consecutive=bool((pos[..., 1:] - pos[..., :-1] == 1).all()),
         )
 
     def rotate(self, q, k, prepared: RemappedTables):
@@ -92,12 +103,66 @@ class RemappedRoPE(RoPE):
             distance = distance.unsqueeze(1)  # per-sample positions: broadcast over heads
         return torch.where(distance < self.window, near, far)  # (B, H, rows, keys)
 
+    def attend(self, q, k, v, scale: float, prepared: RemappedTables) -> torch.Tensor | None:
+        """Causal attention (B, H, T, hd) under the remapped distance, from unrotated q, k, v: the
+        near band and the far pass merged by their log-sum-exp (module docstring). None where the
+        positions do not step by 1 (the path then computes block_logits)."""
+        if not prepared.consecutive:
+            return None
+        B, H, T, hd = q.shape
+        dtype, w = q.dtype, self.window
+        q_near = rotate_pairs(q, *_rows(prepared.near, 0, T, dtype)) * scale
+        k_near = rotate_pairs(k, *_rows(prepared.near, 0, T, dtype))
+        near, near_lse = near_band_attention(q_near, k_near, v, w)  # (B, H, T, hd), (B, H, T, 1)
+        if T <= w:
+            return near
+        q_far = rotate_pairs(q[:, :, w - 1 :], *_rows(prepared.far_query, w - 1, T, dtype)) * scale  # i >= w - 1
+        k_far = rotate_pairs(k[:, :, : T - w], *_rows(prepared.far_key, 0, T - w, dtype))  # j <= T - 1 - w
+        # Row r of the far pass is query i = r + w - 1; key 0 is the extra key, key c >= 1 is
+        # j = c - 1: a square causal mask lets query i see j <= i - w, and the extra key always.
+        # One more channel carries the extra key's logit (q: the near log-sum-exp, k: 1) and its
+        # value (1); the head size is padded to a multiple of 8, which fused kernels take.
+        width = -(-(hd + 1) // 8) * 8
+        extra = torch.zeros(*k_far.shape[:2], 1, width, dtype=dtype, device=q.device)
+        extra[..., hd] = 1
+        q_far = torch.cat([q_far, near_lse[:, :, w - 1 :].to(dtype)], dim=-1)
+        k_far = torch.cat([extra, F.pad(k_far, (0, width - hd))], dim=2)
+        v_far = torch.cat([extra, F.pad(v[:, :, : T - w], (0, width - hd))], dim=2)
+        far = F.scaled_dot_product_attention(
+            F.pad(q_far, (0, width - hd - 1)), k_far, v_far, is_causal=True, scale=1.0
+        )  # (B, H, T - w + 1, width)
+        near_share = far[..., hd : hd + 1]
+        merged = far[..., :hd] + near_share * near[:, :, w - 1 :]
+        return torch.cat([near[:, :, : w - 1], merged], dim=2)
+
     def remapped_distance(self, pos: torch.Tensor) -> torch.Tensor:
         """The distance each (query, key) pair of positions pos (T,) is scored at: (T, T), float.
         Not used by the model (which merges two rotations); diagnostics and tests read it."""
         far_query, far_key = self.far_positions(pos)
         distance = (pos[:, None] - pos[None, :]).float()
         return torch.where(distance < self.window, distance, far_query[:, None] - far_key[None, :])
+
+
+def near_band_attention(q, k, v, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query i (B, H, T, hd; q scaled) over its keys i - window + 1 .. i alone: the outputs
+    (B, H, T, hd) and the log-sum-exp of the logits (B, H, T, 1). Keys are gathered as a sliding
+    view, (rows, window) logits per block of rows within the memory budget."""
+    B, H, T, hd = q.shape
+    k_padded = F.pad(k, (0, 0, window - 1, 0))  # key j sits at j + window - 1
+    v_padded = F.pad(v, (0, 0, window - 1, 0))
+    outputs, lses = [], []
+    for start, stop in row_blocks(T, B * H * window * hd):
+        keys = k_padded[:, :, start : stop + window - 1].unfold(2, window, 1)  # (B, H, rows, hd, window)
+        values = v_padded[:, :, start : stop + window - 1].unfold(2, window, 1)
+        logits = (q[:, :, start:stop].unsqueeze(-2) @ keys).squeeze(-2)  # (B, H, rows, window)
+        # slot m of row i is key i - window + 1 + m: before the sequence's start for the first rows
+        rows = torch.arange(start, stop, device=q.device)[:, None]
+        before_start = torch.arange(window, device=q.device) < window - 1 - rows
+        logits = logits.masked_fill(before_start, float("-inf"))
+        lse = logits.logsumexp(dim=-1, keepdim=True)
+        outputs.append(((logits - lse).exp().unsqueeze(-2) @ values.transpose(-2, -1)).squeeze(-2))
+        lses.append(lse)
+    return torch.cat(outputs, dim=2), torch.cat(lses, dim=2)
 
 
 class ReRoPE(RemappedRoPE):

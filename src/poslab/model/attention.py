@@ -7,7 +7,8 @@ and y of shape (B, H, T, hd), and is built once per forward (`GPT.prepare`), so 
 derives from the positions (a bias, a block mask) is shared by every layer. `terms` carries what
 one layer adds from its own input or weights (`LayerTerms`): a bias from the input (FoX), a bias
 from the logits (CoPE), a learned sink logit per head, and the logits themselves for an encoding
-whose logit is not one product of rotated queries and keys (ReRoPE, Self-Extend):
+whose logit is not one product of rotated queries and keys (ReRoPE, Self-Extend), with the
+encoding's own faster way to the same attention where it has one (`own_attention`):
 
     CausalSdpa       no bias: scaled_dot_product_attention with is_causal (flash kernels, no mask)
     MaskedSdpa       the encoding's bias as one (H, T, T) float tensor with the causal mask folded
@@ -75,6 +76,9 @@ class LayerTerms:
     # pos_enc.block_logits bound to the forward's rotation: (q rows, keys, start, stop) -> the
     # logits (B, H, rows, keys) of an encoding that merges two rotations by distance (ReRoPE)
     logits: Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor] | None = None
+    # pos_enc.attend bound to the forward's rotation: (q, k, v, scale) -> y, the same attention as
+    # from `logits` computed a faster way, or None where the encoding cannot (see own_attention)
+    attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor | None] | None = None
     # pos_enc.contextual_bias bound to the layer: (q rows, logits) -> bias (B, H, rows, keys); CoPE
     contextual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None
     sink: torch.Tensor | None = None  # (H,) learned sink logits (model.net.sink)
@@ -90,6 +94,17 @@ class LayerTerms:
 
 
 NO_TERMS = LayerTerms()
+
+
+def own_attention(q, k, v, scale: float, dropout_p: float, terms: LayerTerms) -> torch.Tensor | None:
+    """The encoding's own attention (pos_enc.attend: a remapped RoPE's two fused passes), where
+    nothing else in the layer needs its logits (a sink, a bias) and there is no dropout; None
+    sends the path on to the logits, block by block."""
+    if terms.attention is None or dropout_p or terms.sink is not None:
+        return None
+    if terms.contextual is not None or terms.input_bias is not None:
+        return None
+    return terms.attention(q, k, v, scale)
 
 
 def with_input_bias(mask: torch.Tensor, terms: LayerTerms, start: int, stop: int) -> torch.Tensor:
@@ -161,6 +176,8 @@ class CausalSdpa:
     def __call__(self, q, k, v, scale: float, dropout_p: float, terms: LayerTerms = NO_TERMS) -> torch.Tensor:
         if terms.empty:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, scale=scale)
+        if (y := own_attention(q, k, v, scale, dropout_p, terms)) is not None:
+            return y
         T = q.size(-2)
         return attend_block(q, k, v, scale, dropout_p, causal_mask(T, T, q.dtype, q.device), terms, 0, T)
 
@@ -174,6 +191,8 @@ class MaskedSdpa:
     def __call__(self, q, k, v, scale: float, dropout_p: float, terms: LayerTerms = NO_TERMS) -> torch.Tensor:
         if terms.empty:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout_p, scale=scale)
+        if (y := own_attention(q, k, v, scale, dropout_p, terms)) is not None:
+            return y
         T = q.size(-2)
         return attend_block(q, k, v, scale, dropout_p, self.mask, terms, 0, T)
 
@@ -309,6 +328,8 @@ class ChunkedPath:
         self.block_bias = block_bias
 
     def __call__(self, q, k, v, scale: float, dropout_p: float, terms: LayerTerms = NO_TERMS) -> torch.Tensor:
+        if (y := own_attention(q, k, v, scale, dropout_p, terms)) is not None:
+            return y
         B, H, T, hd = q.shape
         parts = []
         for start, stop in row_blocks(T, B * H * T, self.block_bias.budget):
@@ -384,8 +405,13 @@ class CausalSelfAttention(nn.Module):
         logits = (
             functools.partial(pos_enc.block_logits, prepared=prepared.rotation) if pos_enc.has_block_logits else None
         )
+        attention = functools.partial(pos_enc.attend, prepared=prepared.rotation) if pos_enc.has_attend else None
         return LayerTerms(
-            input_bias=pos_enc.input_bias(x, self.layer), contextual=contextual, sink=self.sink, logits=logits
+            input_bias=pos_enc.input_bias(x, self.layer),
+            contextual=contextual,
+            sink=self.sink,
+            logits=logits,
+            attention=attention,
         )
 
     def logit_scale(self, prepared: PreparedPositions, head_dim: int) -> float:
