@@ -224,6 +224,35 @@ def test_ctrl_c_says_which_step_the_checkpoint_holds_and_how_to_resume(tmp_path,
     assert not list(run.rglob("*.tmp"))
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_is_reported_as_an_interrupt(monkeypatch, capfd, tmp_path, text_corpus):
+    """A Ctrl-C that lands inside torch.save comes out of its C++ writer as a RuntimeError ("unexpected
+    pos"), not KeyboardInterrupt: the run still says it was interrupted, and the checkpoint before
+    is kept. The signal is sent from inside the second save, the way the C++ writer turns it."""
+    run = tmp_path / "run"
+    save = AtomicCheckpointIO.save_checkpoint
+    saves = []
+    handler = signal.getsignal(signal.SIGINT)
+
+    def interrupted_save(self, checkpoint, path, storage_options=None):
+        saves.append(path)
+        if len(saves) < 2:
+            return save(self, checkpoint, path, storage_options)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", interrupted_save)
+    args = tiny_args(text_corpus, "trainer.max_steps=100", "trainer.val_check_interval=2", f"hydra.run.dir={run}")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert run_console(monkeypatch, cli.train_main, *args) != 0
+    line = one_error_line(capfd.readouterr().err)
+    assert "interrupted at step" in line and "checkpoints/last.ckpt holds step 2" in line, line
+    assert line.endswith(f"continue with: poslab-train resume={run}")
+    assert signal.getsignal(signal.SIGINT) == handler  # Python's handler is back for what follows
+
+
 def test_resume_needs_a_folder(monkeypatch, capfd):
     for bare in ("resume", "resume="):
         assert run_console(monkeypatch, cli.train_main, bare) == 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -218,7 +220,8 @@ def train(cfg: DictConfig) -> dict | None:
         started = time.perf_counter()
         if not zero_shot:
             try:
-                trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+                with CtrlCWatch() as ctrl_c:
+                    trainer.fit(lit, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
             except DivergedError as error:
                 log.error("%s", error)
                 return record_divergence(error, trainer, cfg, run, resolved, datamodule, lit, output_dir)
@@ -226,6 +229,14 @@ def train(cfg: DictConfig) -> dict | None:
                 if trainer.interrupted:
                     say_interrupted(trainer, last_checkpoint(resolved, output_dir))
                 raise
+            except Exception:
+                # A Ctrl-C that lands inside torch.save (a checkpoint being written) comes out of its
+                # C++ writer as a RuntimeError, not KeyboardInterrupt. Lightning writes checkpoints
+                # through a temporary file, so last.ckpt still holds the step before.
+                if not ctrl_c.received:
+                    raise
+                say_interrupted(trainer, last_checkpoint(resolved, output_dir))
+                raise SystemExit(1) from None
         wall_time = time.perf_counter() - started
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath and not trainer.fast_dev_run and not zero_shot:
@@ -284,6 +295,32 @@ def train(cfg: DictConfig) -> dict | None:
         )
     finally:
         finish_wandb()
+
+
+class CtrlCWatch:
+    """Notes whether a Ctrl-C (SIGINT) arrived while inside, and hands the signal on to the handler
+    there before (Python's, which raises KeyboardInterrupt). Off the main thread it notes nothing."""
+
+    def __init__(self):
+        self.received = False
+        self.previous = None
+
+    def __enter__(self) -> CtrlCWatch:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self.note)
+        return self
+
+    def note(self, signum, frame) -> None:
+        self.received = True
+        if callable(self.previous):
+            self.previous(signum, frame)
+        elif self.previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None and signal.getsignal(signal.SIGINT) == self.note:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def say_interrupted(trainer: pl.Trainer, checkpoint: Path) -> None:
