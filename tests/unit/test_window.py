@@ -16,6 +16,7 @@ from helpers import LargestTensor
 from poslab.encodings import ALiBi, FoX, Learned, NoPE, RoPE, RoPEYaRN, XPos
 from poslab.encodings.remapped import LeakyReRoPE, ReRoPE, SelfExtend
 from poslab.model import GPT
+from poslab.model.attention import LayerTerms
 from poslab.model.window import WINDOW_METHODS, AttentionWindow, WindowedPath, window_refusal
 
 N_EMBD, N_HEAD, VOCAB = 32, 2, 13
@@ -92,6 +93,45 @@ def test_lm_infinite_equals_the_capped_distances_pair_by_pair(cap):
     logits = complex_logits(q[0], k[0], distance) * scale
     expected = logits.masked_fill(~seen, float("-inf")).softmax(-1) @ v[0].double()
     torch.testing.assert_close(got[0].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sink", [False, True], ids=["gates", "gates_and_sink"])
+def test_fox_gates_under_a_window_equal_the_masked_softmax(sink):
+    """FoX's bias comes over every key up to a block's last row, so its blocks keep every key,
+    masked; a learned sink (a term that does not) joins the same softmax. Both against the formula."""
+    T, hd = 30, N_EMBD // N_HEAD
+    torch.manual_seed(6)
+    fox = FoX(N_EMBD, N_HEAD, n_layer=1)
+    x, (q, k, v) = torch.randn(1, T, N_EMBD), (torch.randn(1, N_HEAD, T, hd) for _ in range(3))
+    gates = fox.input_bias(x, 0)
+    sink_logit = torch.tensor([0.5, -1.0]) if sink else None
+    path = WindowedPath(streaming(), fox, torch.arange(T), T, budget=N_HEAD * T * 7)
+    scale = hd**-0.5
+    with torch.no_grad():
+        got = path(q, k, v, scale=scale, dropout_p=0.0, terms=LayerTerms(input_bias=gates, sink=sink_logit))
+        i, j = torch.arange(T).unsqueeze(1), torch.arange(T).unsqueeze(0)
+        seen = (j <= i) & ((j < SINKS) | (i - j < LOCAL))
+        logits = ((q[0] @ k[0].transpose(-2, -1)) * scale + gates.rows(0, T)[0]).masked_fill(~seen, float("-inf"))
+        if sink:
+            logits = torch.cat([logits, sink_logit.view(N_HEAD, 1, 1).expand(N_HEAD, T, 1)], dim=-1)
+        expected = logits.softmax(-1)[..., :T] @ v[0]
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_learned_sink_under_a_window_joins_the_softmax_of_the_keys_a_block_sees():
+    T, hd = 30, N_EMBD // N_HEAD
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(1, N_HEAD, T, hd) for _ in range(3))
+    sink_logit = torch.tensor([0.5, -1.0])
+    path = WindowedPath(streaming(), NoPE(), torch.arange(T), T, budget=N_HEAD * T * 7)
+    with torch.no_grad():
+        got = path(q, k, v, scale=1.0, dropout_p=0.0, terms=LayerTerms(sink=sink_logit))
+        i, j = torch.arange(T).unsqueeze(1), torch.arange(T).unsqueeze(0)
+        seen = (j <= i) & ((j < SINKS) | (i - j < LOCAL))
+        logits = (q[0] @ k[0].transpose(-2, -1)).masked_fill(~seen, float("-inf"))
+        logits = torch.cat([logits, sink_logit.view(N_HEAD, 1, 1).expand(N_HEAD, T, 1)], dim=-1)
+        expected = logits.softmax(-1)[..., :T] @ v[0]
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_a_window_as_long_as_the_sequence_is_full_attention():

@@ -24,9 +24,11 @@ Encodings that put position into the token embeddings (sinusoidal, learned) cann
 per query in one forward, and xPos and the remapping variants (ReRoPE, Self-Extend) have no
 rotation that composes: `window_refusal` says so before any scoring.
 
-Every block of query rows is computed over the keys up to its last row with the rest masked (the
-chunked path's layout), so the memory bound is the chunked path's and no (T, T) tensor exists;
-the compute is that of full attention, not of the window.
+Each block of query rows (at most `local` of them) is computed over the keys it can see: the sinks
+and the `local` keys before each row, so a block holds at most (rows, sinks + 2 local) logits, no
+(T, T) tensor exists, and the compute grows with T times the window, not with T squared. (With a
+bias from the input or from the logits, FoX's and CoPE's, which are laid out over every key up to
+the block's last row, the block keeps every such key, the rest masked.)
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from poslab.encodings import PositionalEncoding, mechanism_of
-from poslab.memory import row_blocks
-from poslab.model.attention import NO_TERMS, LayerTerms, attend_block, causal_mask, sdpa_mask
+from poslab.memory import row_blocks, rows_per_block
+from poslab.model.attention import NO_TERMS, LayerTerms, attend_block, sdpa_mask
 
 WINDOW_METHODS = ("streaming_llm", "lm_infinite")
 
@@ -68,11 +70,19 @@ def window_refusal(model) -> str | None:
     return None
 
 
-def visible(start: int, stop: int, window: AttentionWindow, device) -> torch.Tensor:
-    """(rows, stop) bool: which keys the rows [start, stop) see: the sinks and the last `local`."""
-    i = torch.arange(start, stop, device=device).unsqueeze(-1)
-    j = torch.arange(stop, device=device)
-    return (j <= i) & ((j < window.sinks) | (i - j < window.local))
+def visible(start: int, keys: torch.Tensor, stop: int, window: AttentionWindow) -> torch.Tensor:
+    """(rows, keys) bool: which of the keys (their indices) the rows [start, stop) see: the sinks
+    and the last `local`."""
+    i = torch.arange(start, stop, device=keys.device).unsqueeze(-1)
+    return (keys <= i) & ((keys < window.sinks) | (i - keys < window.local))
+
+
+def block_keys(start: int, stop: int, window: AttentionWindow, device) -> torch.Tensor:
+    """The indices of the keys rows [start, stop) can see, in order: the sinks, then the `local`
+    keys before the block's first row up to its last (sinks first, so sink j is column j)."""
+    sinks = min(window.sinks, stop)
+    recent = max(sinks, start - window.local + 1)
+    return torch.cat([torch.arange(sinks, device=device), torch.arange(recent, stop, device=device)])
 
 
 def sink_query_positions(pos: torch.Tensor, start: int, stop: int, window: AttentionWindow) -> list[torch.Tensor]:
@@ -94,20 +104,20 @@ class WindowedPath:
         self.window, self.pos_enc, self.pos, self.length, self.budget = window, pos_enc, pos, length, budget
         self.rotary = mechanism_of(pos_enc) == "rotary"
 
-    def mask(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """The block's additive mask (1 or B, H or 1, rows, stop): the encoding's bias, its sink
-        columns at the remapped positions, and -inf where the window (causal too) hides a key."""
-        pos, device = self.pos, self.pos.device
-        bias = self.pos_enc.bias(pos[..., start:stop], pos[..., :stop])
+    def mask(self, start: int, stop: int, keys: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The block's additive mask over the given keys (1 or B, H or 1, rows, keys): the
+        encoding's bias, its sink columns at the remapped positions, and -inf where the window
+        (causal too) hides a key."""
+        pos = self.pos
+        bias = self.pos_enc.bias(pos[..., start:stop], pos[..., keys])
         if bias is None:
-            mask = causal_mask(stop - start, stop, dtype, device)
+            mask = torch.zeros(stop - start, keys.numel(), dtype=dtype, device=pos.device)
         else:
             mask = sdpa_mask(bias, dtype).clone()
             for j, q_pos in enumerate(sink_query_positions(pos, start, stop, self.window)):
                 column = self.pos_enc.bias(q_pos, pos[..., j : j + 1])  # (..., H, rows, 1)
                 mask[..., j : j + 1] = column.to(dtype).reshape(mask[..., j : j + 1].shape)
-        seen = visible(start, stop, self.window, device)
-        mask = mask.masked_fill(~seen, float("-inf"))
+        mask = mask.masked_fill(~visible(start, keys, stop, self.window), float("-inf"))
         return mask if mask.dim() == 4 else mask.unsqueeze(0)
 
     def sink_logits(self, q_rows, k_past, start: int, stop: int) -> torch.Tensor:
@@ -125,9 +135,19 @@ class WindowedPath:
         B, H, T, hd = q.shape
         if self.rotary and self.window.sinks:
             terms = replace(terms, logits=self.sink_logits)
+        # FoX's and CoPE's terms are laid out over every key up to the block's last row
+        every_key = terms.input_bias is not None or terms.contextual is not None
+        if every_key:
+            blocks = row_blocks(T, B * H * T, self.budget)
+        else:
+            # at most `local` rows a block, so that a block sees at most sinks + 2 local keys
+            seen = self.window.sinks + 2 * self.window.local
+            step = min(self.window.local, rows_per_block(B * H * seen, self.budget))
+            blocks = [(start, min(T, start + step)) for start in range(0, T, step)]
         parts = []
-        for start, stop in row_blocks(T, B * H * T, self.budget):
-            mask = self.mask(start, stop, q.dtype)
-            q_rows, k_past, v_past = q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop]
-            parts.append(attend_block(q_rows, k_past, v_past, scale, dropout_p, mask, terms, start, stop))
+        for start, stop in blocks:
+            keys = torch.arange(stop, device=q.device) if every_key else block_keys(start, stop, self.window, q.device)
+            mask = self.mask(start, stop, keys, q.dtype)
+            q_rows, k_seen, v_seen = q[:, :, start:stop], k[:, :, keys], v[:, :, keys]
+            parts.append(attend_block(q_rows, k_seen, v_seen, scale, dropout_p, mask, terms, start, stop))
         return torch.cat(parts, dim=2)
