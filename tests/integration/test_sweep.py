@@ -70,3 +70,36 @@ def test_report_command_on_a_folder_without_results(tmp_path, capsys):
         report_main([str(tmp_path)])
     assert exit_info.value.code == 1
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_the_training_length_sweep_lays_each_encoding_out_against_its_steps(tmp_path, text_corpus):
+    """experiment=training_length_cpu, tiny: trainer.max_steps is a sweep axis, each job's folder
+    names its step count, and the sweep's report has the training-length view."""
+    overrides = [o for o in TINY if not o.startswith(("eval.lengths_x=", "logger="))]
+    run_train(
+        [
+            "-m",
+            "experiment=training_length_cpu",
+            "pos_enc=rope,alibi",
+            "trainer.max_steps=2,4",
+            "trainer.val_check_interval=2",
+            "data=text_files",
+            f"data.corpus.train={text_corpus}/*.txt",
+            *overrides,
+            "eval.lengths_x=[1,4,16]",
+            "eval.stride=8",
+            "logger=csv",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=tmp_path,
+        WANDB_MODE="disabled",
+    )
+    sweep = tmp_path / "sweep"
+    folders = sorted(path.parent.name for path in find_results(sweep))
+    assert folders == ["0_rope_2steps_s0", "1_rope_4steps_s0", "2_alibi_2steps_s0", "3_alibi_4steps_s0"]
+    report = (sweep / "report.md").read_text()
+    assert "| rope (trainer.max_steps=2) |" in report and "| rope (trainer.max_steps=4) |" in report
+    view = report.split("## Training length")[1]
+    assert "### Protocol sliding (stride 8)" in view and "| encoding | 2 steps | 4 steps |" in view
+    assert re.search(r"\| alibi \| [\d.]+x \| [\d.]+x \|", view)
+    assert (sweep / "training_length.png").stat().st_size > 1000

@@ -725,3 +725,61 @@ def test_files_written_before_the_job_key_still_read_as_their_job(tmp_path):
         (tmp_path / folder / "results.json").write_text(json.dumps(results))
     collection = collect(tmp_path)
     assert collection.unreadable == [] and sorted(run.job for run in collection.runs) == ["eval", "train"]
+
+
+def test_runs_at_several_step_counts_get_a_training_length_view(tmp_path):
+    """Rows stay apart by trainer.max_steps; the view lays each encoding's rows side by side:
+    in-length perplexity, ratio at 4x and 16x (context 16: lengths 64 and 256), and the order at
+    16x for each step count. An eval row's series is its variant on the checkpoint's encoding."""
+    scores = {
+        ("rope", 4): [{16: 8.0, 64: 10.0, 256: 16.0}, {16: 10.0, 64: 11.0, 256: 20.0}],
+        ("rope", 8): [{16: 5.0, 64: 7.5, 256: 20.0}],
+        ("alibi", 4): [{16: 9.0, 64: 9.0, 256: 9.9}],
+        ("alibi", 8): [{16: 6.0, 64: 6.0, 256: 6.0}],
+    }
+    for (pos_enc, steps), per_seed in scores.items():
+        for seed, by_length in enumerate(per_seed):
+            job(
+                tmp_path,
+                f"{pos_enc}_{steps}_s{seed}",
+                pos_enc=pos_enc,
+                seed=seed,
+                scores=by_length,
+                settings={"trainer.max_steps": steps},
+                train={"steps": steps, "tokens": steps * 512},
+            )
+    for steps, ratio in ((4, 2.0), (8, 1.5)):
+        path = eval_job(
+            tmp_path,
+            f"yarn_{steps}",
+            variant="rope_pi",
+            checkpoint_run=f"rope_{steps}_s0",
+            seed=0,
+            scores={16: 4.0, 64: 4.0 * ratio, 256: 8.0},
+        )
+        results = json.loads(path.read_text())
+        results["config"]["trainer"]["max_steps"] = steps
+        path.write_text(json.dumps(results))
+    report = write_report(tmp_path)
+    text = report.path.read_text()
+    labels = {row.label for row in report.rows}
+    assert {"rope (trainer.max_steps=4)", "rope (trainer.max_steps=8)"} <= labels
+    view = text.split("## Training length")[1]
+    lines = table_lines(view)
+    assert "| rope | 9.00 | 5.00 |" in lines  # mean of the two seeds at 4 steps
+    assert "| rope | 1.18x | 1.50x |" in lines  # 4x: (10/8 + 11/10) / 2, then 7.5/5
+    assert "| rope | 2.00x | 4.00x |" in lines  # 16x
+    assert "| alibi | 1.10x | 1.00x |" in lines
+    assert "| rope_pi on rope | 2.00x | 1.50x |" in lines
+    assert "- 4 steps (2,048 tokens): alibi 1.10x, rope 2.00x, rope_pi on rope 2.00x" in view
+    assert "- 8 steps (4,096 tokens): alibi 1.00x, rope_pi on rope 2.00x, rope 4.00x" in view
+    assert (tmp_path / "training_length.png").is_file()
+    assert "![against training steps](training_length.png)" in view
+
+
+def test_no_training_length_view_where_every_run_trained_as_long(tmp_path):
+    for pos_enc in ("rope", "alibi"):
+        job(tmp_path, pos_enc, pos_enc=pos_enc, scores={16: 4.0, 64: 5.0})
+    report = write_report(tmp_path)
+    assert "## Training length" not in report.path.read_text()
+    assert not (tmp_path / "training_length.png").exists()

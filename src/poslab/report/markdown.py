@@ -15,7 +15,8 @@ fast_dev_run jobs as left out.
 Beside report.md: extrapolation.png (perplexity and its ratio to the in-length perplexity against
 eval length, for each protocol, bands over seeds; a panel per mechanism past 8 rows);
 per_position_<protocol>.png (loss by position in the window, a panel per row) and passkey.png
-(passkey retrieval accuracy by length and depth, a panel per row) when the runs recorded them.
+(passkey retrieval accuracy by length and depth, a panel per row) when the runs recorded them;
+training_length.png where encodings ran at several trainer.max_steps (report/training_length.py).
 
 The console script and the sweep-end callback are in poslab.commands.report.
 """
@@ -47,6 +48,7 @@ from poslab.report.problems import lengths_without_value_lines, problem_lines, r
 from poslab.report.summary import summary_line
 from poslab.report.tasks import task_of, tasks_part
 from poslab.report.text import relative_to_root
+from poslab.report.training_length import training_length_part
 
 log = logging.getLogger("poslab.report")
 
@@ -127,7 +129,8 @@ def write_report(root: str | Path, html: bool = False) -> Report:
             parts += ["", f"## Perplexity, protocol {protocol.title}" if protocol else "## Results", "", table]
         plot_path, why_no_plot = extrapolation_part(rows, protocols, root, fast_dev_runs=len(left_out))
         parts += ["", f"No plot: {why_no_plot}." if why_no_plot else f"![perplexity vs eval length]({PLOT_FILENAME})"]
-    parts += task_lines
+    training_lines, training_plots = training_length_part(rows, protocols, root)
+    parts += training_lines + task_lines
     if left_out:
         folders = ", ".join(relative_to_root(run.folder, root) for run in left_out)
         parts += ["", f"Left out of the table: {len(left_out)} fast_dev_run job(s), which check wiring: {folders}."]
@@ -149,7 +152,7 @@ def write_report(root: str | Path, html: bool = False) -> Report:
 
     path = root / REPORT_FILENAME
     path.write_text("\n".join(parts) + "\n")
-    images = ([plot_path] if plot_path else []) + position_plots + passkey_plots + task_plots
+    images = ([plot_path] if plot_path else []) + training_plots + position_plots + passkey_plots + task_plots
     html_path = None
     if html:
         html_path = write_html(path)
