@@ -10,7 +10,7 @@
 #    log-n at evaluation alone and with the variants it is published with
 # 3. the passkey checkpoint under every variant, window and log-n at 1x, 2x, 4x and 8x (passkey
 #    scores one variant per run)
-# 4. one report over everything
+# 4. a report on each: the language-model scores (lm/) and the passkey scores (passkey/)
 set -uo pipefail
 out=${1:-outputs/extension_variants}
 variants='[rope,rope_pi,rope_ntk,rope_yarn,rope_llama3,rope_longrope,rerope,leaky_rerope,self_extend]'
@@ -63,6 +63,7 @@ for setting in "${settings[@]}"; do
   score "$out/passkey/rope_${words[0]}" ckpt_path="$checkpoint" "${words[@]:1}" "${passkey_eval[@]}"
 done
 
-poslab-report "$out" --html || status=1
+poslab-report "$out/lm" --html || status=1
+poslab-report "$out/passkey" --html || status=1
 echo "total $(( $(date +%s) - start )) s (exit $status)"
 exit $status

@@ -783,3 +783,25 @@ def test_no_training_length_view_where_every_run_trained_as_long(tmp_path):
     report = write_report(tmp_path)
     assert "## Training length" not in report.path.read_text()
     assert not (tmp_path / "training_length.png").exists()
+
+
+def test_eval_rows_are_named_by_what_poslab_eval_put_on_the_checkpoint(tmp_path):
+    """A temperature and a window are in an eval row's name, not repeated as keys; runs that
+    bundled different lists of variants are seeds of one experiment for the variant they share."""
+
+    def scored(folder, seed, variants, **settings):
+        run = {"job": "eval", "variant": "rope", "trained_as": "rope", "checkpoint_run": f"rope_s{seed}"}
+        keys = {"job_name": "eval", "eval.variants": variants, **settings}
+        job(tmp_path, folder, seed=seed, scores={16: 4.0, 32: 5.0}, settings=keys, run=run)
+
+    scored("a", 0, ["rope", "rope_pi"])
+    scored("b", 1, ["rope", "rope_yarn"])
+    scored("c", 0, None, **{"eval.logit_temperature": "logn", "model.net.logit_temperature": "logn"})
+    window = {"eval.window.local": 8, "eval.window.sinks": 2, "eval.window.method": "lm_infinite"}
+    scored("d", 0, None, **window)
+    labels = {row.label: len(row.runs) for row in write_report(tmp_path).rows}
+    assert labels == {
+        "rope on rope checkpoints": 2,
+        "rope+logn on rope checkpoint (rope_s0)": 1,
+        "rope+lm_infinite(sinks=2, local=8) on rope checkpoint (rope_s0)": 1,
+    }

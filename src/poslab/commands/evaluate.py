@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from poslab.commands.job import config_dirs, guarded_job
 from poslab.commands.scoring import load_heldout, model_under, score, score_passkey, score_task_block
 from poslab.config import CONFIG_DIR, load_choice
-from poslab.config.evaluation import check_eval_temperature, check_eval_window
+from poslab.config.evaluation import check_eval_temperature, check_eval_window, evaluation_settings
 from poslab.config.resolvers import register_resolvers
 from poslab.config.task_config import make_task
 from poslab.config.validate import (
@@ -190,16 +190,6 @@ def with_temperature(model, rule: str, scale: float | None, train_context: int) 
     model.logit_temperature = rule
     model.temperature_scale = scale
     model.train_context = int(train_context)
-
-
-def evaluation_settings(eval_cfg) -> list[str]:
-    """What poslab-eval puts on the checkpoint beyond its encoding, as labels for run names:
-    ['logn', 'streaming_llm(sinks=4, local=128)'] (empty when nothing)."""
-    labels = [str(eval_cfg.logit_temperature)] if eval_cfg.get("logit_temperature") is not None else []
-    window = eval_cfg.get("window") or {}
-    if window.get("local") is not None:
-        labels.append(f"{window.get('method')}(sinks={window.get('sinks')}, local={window.get('local')})")
-    return labels
 
 
 def _logger_config_for(cfg: DictConfig, variant: str, several: bool) -> DictConfig | None:

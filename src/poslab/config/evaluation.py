@@ -24,6 +24,17 @@ def check_eval_window(eval_cfg, train_context: int) -> AttentionWindow | None:
     return AttentionWindow(sinks=sinks, local=local, method=method, cap=int(train_context))
 
 
+def evaluation_settings(eval_cfg) -> list[str]:
+    """What poslab-eval puts on a checkpoint beyond its encoding, as labels for run names and
+    report rows: ['logn', 'streaming_llm(sinks=4, local=128)'] (empty when nothing)."""
+    labels = [str(eval_cfg.get("logit_temperature"))] if eval_cfg.get("logit_temperature") is not None else []
+    window = eval_cfg.get("window") or {}
+    if window.get("local") is not None:
+        method, sinks = window.get("method", "streaming_llm"), window.get("sinks", 4)
+        labels.append(AttentionWindow(sinks=sinks, local=window["local"], method=method, cap=0).label())  # cap unused
+    return labels
+
+
 # eval.logit_temperature: the rules without weights, which a checkpoint can be scored under as it is
 EVAL_TEMPERATURE_RULES = tuple(rule for rule in TEMPERATURE_RULES if rule != "ssmax")
 

@@ -8,9 +8,22 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from poslab.config.evaluation import evaluation_settings
 from poslab.records.results import comparable_config
 from poslab.report.loading import Protocol, Run, protocol_order
 from poslab.report.text import ABSENT, is_unresolved, natural_key, value_text
+
+# How one poslab-eval run bundled its work, not what a row measured (each row's own variant is in
+# its run's record): runs that differ only in it are seeds of one experiment
+BUNDLING_KEYS = ("eval.variants",)
+# What poslab-eval put on the checkpoint (a temperature, a window): named in an eval row's name
+# (evaluation_settings), so not repeated among its label keys
+EVAL_METHOD_KEYS = ("eval.logit_temperature", "eval.window.local", "eval.window.sinks", "eval.window.method")
+
+
+def experiment_config(config: dict | None) -> dict:
+    """The comparable config less the bundling keys: what makes runs one experiment."""
+    return {k: v for k, v in comparable_config(config, ignore_seed=True).items() if k not in BUNDLING_KEYS}
 
 
 @dataclass
@@ -34,7 +47,7 @@ class Experiment:
     def config(self) -> dict | None:
         """The comparable config, or None for a job that recorded none."""
         config = self.first.results.get("config")
-        return None if config is None else comparable_config(config, ignore_seed=True)
+        return None if config is None else experiment_config(config)
 
     @property
     def name(self) -> str:
@@ -43,16 +56,35 @@ class Experiment:
         first = self.first
         if first.job != "eval":
             return first.encoding
-        variant = first.info.get("variant") or first.encoding
+        variant = "+".join([first.info.get("variant") or first.encoding, *self.evaluation_settings])
         trained_as = first.info.get("trained_as") or "unknown"
         checkpoints = sorted({run.checkpoint_run for run in self.measured or self.runs})
         if len(checkpoints) == 1:
             return f"{variant} on {trained_as} checkpoint ({checkpoints[0]})"
         return f"{variant} on {trained_as} checkpoints"
 
+    @property
+    def evaluation_settings(self) -> list[str]:
+        """What an eval row was scored with beyond its variant: the temperature on its logits
+        (poslab-eval's eval.logit_temperature, or the checkpoint's own) and eval.window, e.g.
+        ['logn', 'streaming_llm(sinks=4, local=128)']."""
+        if self.first.job != "eval":
+            return []
+        config = self.first.results.get("config") or {}
+        temperature = ((config.get("model") or {}).get("net") or {}).get("logit_temperature")
+        scored = {
+            **(config.get("eval") or {}),
+            "logit_temperature": None if temperature in (None, "none") else temperature,
+        }
+        return evaluation_settings(scored)
+
+    def is_own_label_key(self, key: str) -> bool:
+        """Whether an eval row's name already says what `key` holds (its temperature, its window)."""
+        return self.first.job == "eval" and (key in EVAL_METHOD_KEYS or key == "model.net.logit_temperature")
+
 
 def experiment_key(run: Run) -> tuple:
-    config = comparable_config(run.results.get("config"), ignore_seed=True)
+    config = experiment_config(run.results.get("config"))
     return (
         run.job,
         run.encoding,
@@ -101,7 +133,8 @@ def label_experiments(experiments: list[Experiment]) -> None:
             key for key in varying_keys([e.config for e in same]) if _is_encoding_key(key) and key != "pos_enc_name"
         ]
         for experiment in same:
-            experiment.label_keys = shared_keys + encoding_keys
+            keys = shared_keys + encoding_keys
+            experiment.label_keys = [key for key in keys if not experiment.is_own_label_key(key)]
     for experiment in experiments:
         settings = [
             f"{key}={value_text(experiment.config.get(key, ABSENT))}"
