@@ -133,6 +133,13 @@ def test_the_baseline_is_rope_else_the_first_rotary_row_else_none():
         "rope (model.net.sink=false)": "rotary",
     }
     assert baseline_label(labelled) == "rope (model.net.sink=false)"
+    # eval rows: plain RoPE on the checkpoints, not the first rotary row nor RoPE with log-n
+    scored = {
+        "leaky_rerope on rope checkpoints": "rotary",
+        "rope+logn on rope checkpoints": "rotary",
+        "rope on rope checkpoints": "rotary",
+    }
+    assert baseline_label(scored) == "rope on rope checkpoints"
 
 
 def test_the_ratio_is_each_perplexity_over_the_one_at_the_training_context():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cache
@@ -190,11 +191,15 @@ def line_styles(mechanisms: dict[str, str]) -> dict[str, LineStyle]:
 
 def baseline_label(mechanisms: dict[str, str]) -> str | None:
     """The row the small multiples draw in every panel as the reference: the row labelled "rope"
-    if there is one; else, where settings label the rows ("rope (model.net.sink=true)"), the rope
+    if there is one; else the plain "rope on ... checkpoint(s)" row of eval runs; else, where settings label the rows ("rope (model.net.sink=true)"), the rope
     row with the most settings switched off (none, false, null); else the first rotary row, else
     none. `mechanisms` is {label: mechanism}."""
     if "rope" in mechanisms:
         return "rope"
+    # eval rows: plain RoPE on a checkpoint ("rope on rope checkpoints"), not rope+logn
+    scored = [label for label in mechanisms if label.startswith("rope on ")]
+    if scored:
+        return scored[0]
     ropes = [label for label in mechanisms if label.startswith("rope (")]
     if ropes:
         off = ("=none", "=false", "=null", "=False", "=None")
@@ -374,15 +379,20 @@ def extrapolation_figure(panels: list[tuple[Protocol, list[Curve]]]):
             legend_ax.legend(
                 handles, labels, loc="upper center", fontsize=8, title=f"{spec.mechanism} rows", frameon=False
             )
-        fig.legend(*references, loc="outside lower center", ncols=len(references[0]), fontsize=8, frameon=False)
+        # one column of panels (every row of one mechanism) is too narrow for the references side by side
+        ncols = len(references[0]) if len(grid[0]) > 1 else 1
+        fig.legend(*references, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
     else:
         handles, labels = _row_legend(list(styles), styles, texts)
         handles, labels = handles + references[0], labels + references[1]
         fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)), fontsize=8, frameon=False)
-    fig.suptitle(
-        f"Length extrapolation: mean over seeds, band: {CONFIDENCE:.0%} interval\n"
-        "ratio: each seed's perplexity over its own at the training context, averaged"
-    )
+    title = [
+        f"Length extrapolation: mean over seeds, band: {CONFIDENCE:.0%} interval",
+        "ratio: each seed's perplexity over its own at the training context, averaged",
+    ]
+    if len(grid[0]) == 1:  # a figure one panel wide: the title in shorter lines
+        title = [part for line in title for part in textwrap.wrap(line, 44)]
+    fig.suptitle("\n".join(title), fontsize=12 if len(grid[0]) > 1 else 10)
     return fig
 
 
