@@ -204,12 +204,23 @@ def test_poslab_eval_help_is_help(tmp_path):
     assert out.returncode == 0 and "ckpt_path" in out.stdout and "error" not in out.stderr
 
 
+def with_ctrl_c() -> None:
+    """SIGINT as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and a
+    child inherits that, so a test run from such a job would send a Ctrl-C no one receives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_which_step_the_checkpoint_holds_and_how_to_resume(tmp_path, text_corpus):
     run = tmp_path / "run"
     args = [*tiny_args(text_corpus), "trainer.max_steps=100000", "trainer.val_check_interval=5", f"hydra.run.dir={run}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     process = subprocess.Popen(
-        [SCRIPTS / "poslab-train", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [SCRIPTS / "poslab-train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=with_ctrl_c,
     )
     deadline = time.time() + 240
     while not (run / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline:
@@ -232,6 +243,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_reported_as_an_interrupt(monkey
     save = AtomicCheckpointIO.save_checkpoint
     saves = []
     handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see with_ctrl_c)
 
     def interrupted_save(self, checkpoint, path, storage_options=None):
         saves.append(path)
@@ -246,11 +258,14 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_reported_as_an_interrupt(monkey
     monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", interrupted_save)
     args = tiny_args(text_corpus, "trainer.max_steps=100", "trainer.val_check_interval=2", f"hydra.run.dir={run}")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert run_console(monkeypatch, cli.train_main, *args) != 0
+    try:
+        assert run_console(monkeypatch, cli.train_main, *args) != 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, handler)
     line = one_error_line(capfd.readouterr().err)
     assert "interrupted at step" in line and "checkpoints/last.ckpt holds step 2" in line, line
     assert line.endswith(f"continue with: poslab-train resume={run}")
-    assert signal.getsignal(signal.SIGINT) == handler  # Python's handler is back for what follows
 
 
 def test_resume_needs_a_folder(monkeypatch, capfd):

@@ -319,7 +319,8 @@ class CtrlCWatch:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None and signal.getsignal(signal.SIGINT) == self.note:
+        # also after Lightning's graceful shutdown, which leaves Ctrl-C ignored
+        if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
 
 
