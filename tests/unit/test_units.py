@@ -142,6 +142,23 @@ def test_a_run_recorded_before_the_attention_settings_is_the_same_experiment():
     assert config_differences(before, with_sink) == ["model.net.sink"]
 
 
+def test_the_recorded_rope_runs_of_two_studies_are_one_experiment():
+    """extrapolation_cpu's rope run (recorded before the tokenizer, token-cache and task keys) and
+    extension_variants' retraining of it, which gave the same numbers to every digit: the same
+    experiment, so a sweep reuses the older run and a report puts both in one row."""
+    import json
+    from pathlib import Path
+
+    experiments = Path(__file__).resolve().parents[2] / "experiments"
+    old = json.loads((experiments / "extrapolation_cpu" / "runs" / "lm_15_rope_s0.json").read_text())
+    new = json.loads((experiments / "extension_variants" / "runs" / "train" / "0_rope_s0" / "results.json").read_text())
+    assert config_differences(old["config"], new["config"]) == []
+    rows = lambda results: [(row["protocol"], row["eval_length"], row["ppl"]) for row in results["extrapolation"]]  # noqa: E731
+    assert rows(old) == rows(new)
+    byte_pair = {**new["config"], "data": {**new["config"]["data"], "tokenizer": {"_target_": "poslab.data.BPE"}}}
+    assert "data.tokenizer._target_" in config_differences(old["config"], byte_pair)
+
+
 def test_model_flops_per_token_of_gpt_small_by_hand():
     model = GPT(vocab_size=256, n_layer=4, n_head=4, n_embd=128, pos_enc=RoPE(128, 4))
     # per block qkv 3d^2, proj d^2, MLP 8d^2 = 12 d^2; the tied head d x V; attention 12 L T d

@@ -132,6 +132,12 @@ IMPLICIT_DEFAULTS = {
     "eval.window.local": None,
     "eval.window.sinks": 4,
     "eval.window.method": "streaming_llm",
+    # before tokenizers, the token cache and algorithmic tasks had keys, every run was byte-level,
+    # uncached and a language model
+    "data.cache_dir": None,
+    "data.tokenizer._target_": "poslab.data.ByteTokenizer",
+    "data.tokenizer.vocab_size": 256,
+    "task": None,
 }
 
 # Settings an encoding gained later, at the values that compute what its runs computed before

@@ -191,9 +191,10 @@ def line_styles(mechanisms: dict[str, str]) -> dict[str, LineStyle]:
 
 def baseline_label(mechanisms: dict[str, str]) -> str | None:
     """The row the small multiples draw in every panel as the reference: the row labelled "rope"
-    if there is one; else the plain "rope on ... checkpoint(s)" row of eval runs; else, where settings label the rows ("rope (model.net.sink=true)"), the rope
-    row with the most settings switched off (none, false, null); else the first rotary row, else
-    none. `mechanisms` is {label: mechanism}."""
+    if there is one; else the plain "rope on ... checkpoint(s)" row of eval runs; else, where
+    settings label the rows ("rope (model.net.sink=true)"), the rope row with the most settings
+    switched off (none, false, null); else the first rotary row, else none. `mechanisms` is
+    {label: mechanism}."""
     if "rope" in mechanisms:
         return "rope"
     # eval rows: plain RoPE on a checkpoint ("rope on rope checkpoints"), not rope+logn
