@@ -279,8 +279,6 @@ def log_ticks(low: float, high: float, fewest_per_axis: int = 12) -> list[float]
 
 
 def _draw_panel(ax, spec: PanelSpec, lines: list[Curve], styles: dict[str, LineStyle], baseline: str | None) -> None:
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
-
     drawn = [curve for curve in lines if curve.points]
     shown = [curve for curve in drawn if curve.label == baseline or spec.mechanism in (None, curve.mechanism)]
     # the bands of many rows stack up into one blot: each is the fainter the more rows there are
@@ -302,14 +300,24 @@ def _draw_panel(ax, spec: PanelSpec, lines: list[Curve], styles: dict[str, LineS
 
     for context in sorted(set().union(*(curve.train_contexts for curve in drawn))):
         ax.axvline(context, **TRAIN_CONTEXT_STYLE)
-    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 128 and 1.1, not 2^7 and 1.100
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(sorted({n for curve in drawn for n, _ in curve.points})))
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_locator(NullLocator())
     if spec.quantity == "ratio":
         ax.axhline(1.0, **IN_LENGTH_STYLE)
         ax.axhline(1.0 + WITHIN_TOLERANCE, **TOLERANCE_STYLE)
+    log_log_axes(ax, sorted({n for curve in drawn for n, _ in curve.points}), x_base=2)
+    ax.set_xlabel("eval length (tokens)")
+    ax.set_title(f"{spec.protocol.title}: {spec.mechanism or spec.quantity}", fontsize=10)
+
+
+def log_log_axes(ax, x_ticks: list, x_base: float = 10) -> None:
+    """Log scales on both axes, ticked in plain numbers (128 and 1.1, not 2^7 and 1.100): x at
+    `x_ticks`, y at log_ticks of its range, and a light grid."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.set_xscale("log", base=x_base)
+    ax.xaxis.set_major_locator(FixedLocator(x_ticks))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yscale("log")
     ticks = log_ticks(*ax.get_ylim())
     # a span too narrow for the log steps is as good as linear: linear steps then
@@ -317,8 +325,6 @@ def _draw_panel(ax, spec: PanelSpec, lines: list[Curve], styles: dict[str, LineS
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_locator(NullLocator())
     ax.grid(True, alpha=0.3)
-    ax.set_xlabel("eval length (tokens)")
-    ax.set_title(f"{spec.protocol.title}: {spec.mechanism or spec.quantity}", fontsize=10)
 
 
 def _row_legend(labels: list[str], styles: dict[str, LineStyle], texts: dict[str, str]) -> tuple[list, list[str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from poslab.figures import pyplot
 from poslab.report.cells import cell_at
-from poslab.report.extrapolation_plot import log_ticks
+from poslab.report.extrapolation_plot import log_log_axes
 from poslab.report.grouping import Row
 from poslab.report.loading import Protocol
 from poslab.report.plots import draw_or_say_why_not
@@ -125,9 +125,6 @@ def plot_training_length(series: list[Series], protocols: list[Protocol], path: 
     """A line of panels per protocol: in-length perplexity, ratio at 4x, ratio at 16x, against
     steps (log scale), one line per series."""
     plt = pyplot()
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
-
-    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 1000 and 1.5, not 10^3 and 1.500
     colours = plt.get_cmap("tab10").colors + plt.get_cmap("tab20").colors[1::2]  # 20, the first 10 distinct
     markers = "osD^v<>p*hX"
     counts = sorted({steps for one in series for steps in one.rows})
@@ -149,16 +146,7 @@ def plot_training_length(series: list[Series], protocols: list[Protocol], path: 
                     ax.plot(*zip(*points, strict=True), label=one.name, alpha=0.85, **look)
             if title.startswith("ratio"):
                 ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
-            ax.set_xscale("log")
-            ax.xaxis.set_major_locator(FixedLocator(counts))
-            ax.xaxis.set_major_formatter(plain)
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_yscale("log")
-            ticks = log_ticks(*ax.get_ylim())
-            ax.yaxis.set_major_locator(FixedLocator(ticks) if ticks else MaxNLocator(4))
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_locator(NullLocator())
-            ax.grid(True, alpha=0.3)
+            log_log_axes(ax, counts)
             ax.set_xlabel("training steps")
             ax.set_title(f"{title}\n{protocol.title}", fontsize=9)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
