@@ -166,7 +166,8 @@ class PositionalEncoding(nn.Module):
         the encoding itself from q, k, v as `rotate` left them (q not yet scaled), where it knows a
         faster way than its logits block by block (ReRoPE: two fused passes merged by their
         log-sum-exp). Returns None where it cannot; the path then computes `block_logits`. Paths
-        call it only when nothing else in the layer needs the logits (a sink, a bias, dropout)."""
+        call it only when nothing else in the layer needs the logits (a sink, a bias of any kind,
+        dropout)."""
         return None
 
     @property

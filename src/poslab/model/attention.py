@@ -191,8 +191,6 @@ class MaskedSdpa:
     def __call__(self, q, k, v, scale: float, dropout_p: float, terms: LayerTerms = NO_TERMS) -> torch.Tensor:
         if terms.empty:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout_p, scale=scale)
-        if (y := own_attention(q, k, v, scale, dropout_p, terms)) is not None:
-            return y
         T = q.size(-2)
         return attend_block(q, k, v, scale, dropout_p, self.mask, terms, 0, T)
 
@@ -405,7 +403,9 @@ class CausalSelfAttention(nn.Module):
         logits = (
             functools.partial(pos_enc.block_logits, prepared=prepared.rotation) if pos_enc.has_block_logits else None
         )
-        attention = functools.partial(pos_enc.attend, prepared=prepared.rotation) if pos_enc.has_attend else None
+        # attend computes the whole attention: never for an encoding whose bias it would leave out
+        own = pos_enc.has_attend and not pos_enc.has_bias
+        attention = functools.partial(pos_enc.attend, prepared=prepared.rotation) if own else None
         return LayerTerms(
             input_bias=pos_enc.input_bias(x, self.layer),
             contextual=contextual,
