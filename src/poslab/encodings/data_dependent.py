@@ -73,45 +73,44 @@ def contextual_positions(gates: torch.Tensor) -> torch.Tensor:
     rows, keys), masked keys' gates 0: each row's total minus the running sum before the key (one
     running sum, no reversal); held at 0 or more (the subtraction may round just below 0 where
     every gate from the key on is 0)."""
-    return (gates.sum(-1, keepdim=True) - gates.cumsum(-1) + gates).clamp_(min=0)
+    running = gates.cumsum(-1)  # then, in place: total - running + gates
+    return running.sub_(gates.sum(-1, keepdim=True)).neg_().add_(gates).clamp_(min=0)
 
 
 class _ContextualLookup(torch.autograd.Function):
     """CoPE's bias from the logits z (..., K) and the table read at integer positions A (..., P):
     A read at p_ij (contextual_positions) linearly between the integers on each side (eq. 5), p
     held at P - 1. Its time goes in passes over the (rows, keys) tensors, so it takes few: one
-    gather of the value below p and one of the step to the next, and its gradient written out
-    (the gates' is a running sum of the positions', sum over j <= t)."""
+    gather of the value at floor(p) and one of the step to the next integer (0 past the last, so
+    that a held position reads A[P - 1] and has no slope), and its gradient written out (the
+    gates' is a running sum of the positions', sum over j <= t)."""
 
     @staticmethod
     def forward(ctx, logits, at_integers):
         last = at_integers.size(-1) - 1
         gates = torch.sigmoid(logits)
         positions = contextual_positions(gates).clamp_(max=last)
-        held = positions == last
-        below = positions.floor().clamp_(max=last - 1)
-        weight = positions - below  # in [0, 1]
-        index = below.long()
-        steps = at_integers.diff(dim=-1)  # (..., P - 1)
+        index = positions.long()  # floor, as positions are >= 0
+        weight = positions.sub_(index)  # in [0, 1), 0 where held at the last integer
+        steps = F.pad(at_integers.diff(dim=-1), (0, 1))  # (..., P): A[k + 1] - A[k], and 0 at the last
         slope = steps.gather(-1, index)
         bias = torch.addcmul(at_integers.gather(-1, index), weight, slope)
-        ctx.save_for_backward(gates, weight, index, slope, held)
+        ctx.save_for_backward(gates, weight, index, slope)
         ctx.table_size = last + 1
         return bias
 
     @staticmethod
     def backward(ctx, grad):
-        gates, weight, index, slope, held = ctx.saved_tensors
+        gates, weight, index, slope = ctx.saved_tensors
         shape = (*grad.shape[:-1], ctx.table_size)
-        grad_low = grad.new_zeros(shape).scatter_add_(-1, index, grad)
+        grad_table = grad.new_zeros(shape).scatter_add_(-1, index, grad)
         grad_steps = grad.new_zeros(shape).scatter_add_(-1, index, grad * weight)
-        # A[k] enters as low (k = index) and through the step A[k + 1] - A[k]
-        grad_table = grad_low
+        # A[k] enters as the value at k and through the steps k - 1 (as A[k]) and k (as -A[k]);
+        # the last step is the constant 0
         grad_table[..., :-1].sub_(grad_steps[..., :-1])
         grad_table[..., 1:].add_(grad_steps[..., :-1])
-        grad_positions = (grad * slope).masked_fill_(held, 0.0)
-        grad_gates = grad_positions.cumsum(-1)
-        return grad_gates.mul_(gates).mul_(1.0 - gates), grad_table
+        grad_gates = (grad * slope).cumsum(-1)  # a held position's slope is 0: no gradient to it
+        return grad_gates.mul_(torch.addcmul(gates, gates, gates, value=-1.0)), grad_table
 
 
 class CoPE(PositionalEncoding):

@@ -132,7 +132,7 @@ def block_probabilities(
     if terms.contextual is not None:
         contextual = terms.contextual(q_rows, logits)
         if contextual is not None:
-            logits = logits + contextual
+            logits = logits.add_(contextual)  # the lookup saved its gates, not the logits
     if terms.sink is None:
         return logits.softmax(dim=-1)
     B, H, rows, _ = logits.shape
