@@ -76,7 +76,7 @@ def test_fox_attention_equals_the_gated_softmax():
     model = gpt(FoX(N_EMBD, N_HEAD, N_LAYER))
     randomize(model.pos_enc)
     attn = model.blocks[0].attn
-    B, T = 2, 9
+    B, T = 2, 40  # two blocks of rows on the sdpa path (32 + 8)
     x = torch.randn(B, T, N_EMBD)
     q, k, v = heads(attn, x)
     gates = torch.sigmoid(x @ model.pos_enc.gates[0].weight.T + model.pos_enc.gates[0].bias)  # (B, T, H)
@@ -125,7 +125,7 @@ def test_cope_attention_equals_the_paper():
     randomize(model.pos_enc)
     attn = model.blocks[1].attn
     table = model.pos_enc.tables[1]
-    B, T = 2, 9
+    B, T = 2, 40  # two blocks of rows on the sdpa path (32 + 8)
     x = torch.randn(B, T, N_EMBD)
     q, k, v = heads(attn, x)
     out = torch.zeros(B, N_HEAD, T, HEAD_DIM)
@@ -142,8 +142,12 @@ def test_cope_attention_equals_the_paper():
                     logits.append(z[j] + q[b, h, i] @ e)
                 out[b, h, i] = torch.stack(logits).softmax(0) @ v[b, h, : i + 1]
     expected = attn.proj(out.transpose(1, 2).reshape(B, T, N_EMBD))
+    # prepared without gradients: the chunked path; with them: sdpa's blocks of rows
     with torch.no_grad():
         torch.testing.assert_close(run_layer(model, x, layer=1), expected, rtol=1e-4, atol=1e-5)
+    prepared = prepared_for(model, T, layer=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.blocks[1].attn(x, prepared), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_cope_lookup_gradient_is_the_numerical_one():
@@ -203,7 +207,7 @@ def test_a_sink_takes_probability_and_no_value():
     with torch.no_grad():
         model.blocks[0].attn.sink.copy_(torch.tensor([-1.0, 0.0, 1.0, 3.0]))
     attn = model.blocks[0].attn
-    B, T = 2, 8
+    B, T = 2, 75  # past one block of rows: the sdpa path computes these logits 32 rows at a time
     x = torch.randn(B, T, N_EMBD)
     prepared = prepared_for(model, T)
     q, k, v = attn.project(x, prepared)  # rotated
@@ -244,16 +248,18 @@ TERM_MODELS = {
 
 @pytest.mark.parametrize("name", TERM_MODELS)
 def test_every_attention_path_gives_the_same_numbers(name):
-    """sdpa (whole rows), chunked in blocks of 3 query rows, and flex (on a CPU: eager, forward
+    """sdpa (whole rows, or blocks of 32 where it computes the logits), chunked in blocks of 3
+    query rows, and flex (on a CPU: eager, forward
     only) agree; flex refuses a bias from the logits in one line naming the alternative."""
     model = TERM_MODELS[name]()
     randomize(model)
-    idx = torch.randint(0, 50, (2, 13))
+    T = 70  # sdpa computes explicit logits in blocks of 32 rows
+    idx = torch.randint(0, 50, (2, T))
     outputs = {}
     with torch.no_grad():
         for path in ("sdpa", "chunked", "flex"):
             model.attention = path
-            model.chunk_elements = 2 * N_HEAD * 13 * 3  # 3 query rows a block
+            model.chunk_elements = 2 * N_HEAD * T * 3  # 3 query rows a block
             if path == "flex" and name == "cope":
                 with pytest.raises(ValueError, match="attention=flex cannot compute a bias from each row's logits"):
                     model(idx)
