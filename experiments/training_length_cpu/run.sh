@@ -15,6 +15,8 @@ parts=("${@:-1 2 3 4 5}")
 read -r -a parts <<< "${parts[*]}"
 declare -A encodings=([1]=rope,alibi [2]=nope,sinusoidal [3]=t5_bias,kerple [4]=xpos,irope [5]=fox,cope)
 variants='[rope_pi,rope_ntk,rope_yarn,rope_llama3]'
+# the axis's own scoring (experiment=training_length_cpu): poslab-eval's defaults are others
+axis_eval=("eval.protocols=[nonoverlapping,sliding]" eval.stride=64 eval.num_tokens=16384 eval.passkey.enabled=false)
 start=$(date +%s)
 status=0
 for part in "${parts[@]}"; do
@@ -28,7 +30,8 @@ for part in "${parts[@]}"; do
     run=$(basename "$(dirname "$(dirname "$checkpoint")")")
     folder="$out/variants/$run"
     [ -f "$folder/results.json" ] && continue
-    poslab-eval ckpt_path="$checkpoint" "eval.variants=$variants" logger=csv hydra.run.dir="$folder" || status=1
+    poslab-eval ckpt_path="$checkpoint" "eval.variants=$variants" "${axis_eval[@]}" logger=csv \
+      hydra.run.dir="$folder" || status=1
   done
 done
 poslab-report "$out" --html || status=1
