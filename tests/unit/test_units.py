@@ -150,7 +150,7 @@ def test_the_recorded_rope_runs_of_two_studies_are_one_experiment():
     from pathlib import Path
 
     experiments = Path(__file__).resolve().parents[2] / "experiments"
-    old = json.loads((experiments / "extrapolation_cpu" / "runs" / "lm_15_rope_s0.json").read_text())
+    old = json.loads((experiments / "extrapolation_cpu" / "runs" / "lm_24_rope_s0.json").read_text())
     new = json.loads((experiments / "extension_variants" / "runs" / "train" / "0_rope_s0" / "results.json").read_text())
     assert config_differences(old["config"], new["config"]) == []
     rows = lambda results: [(row["protocol"], row["eval_length"], row["ppl"]) for row in results["extrapolation"]]  # noqa: E731
