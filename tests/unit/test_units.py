@@ -142,6 +142,17 @@ def test_a_run_recorded_before_the_attention_settings_is_the_same_experiment():
     assert config_differences(before, with_sink) == ["model.net.sink"]
 
 
+def test_passkey_settings_are_no_difference_while_passkey_is_off():
+    """Scoring with passkey off computes nothing with its trials or lengths: poslab-eval's default
+    trials (20) beside a sweep's (10) is the same experiment; with passkey on it is not."""
+    off = {"eval": {"passkey": {"enabled": False, "trials": 10}}}
+    other_trials = {"eval": {"passkey": {"enabled": False, "trials": 20}}}
+    assert config_differences(off, other_trials) == []
+    on = {"eval": {"passkey": {"enabled": True, "trials": 10}}}
+    assert config_differences(on, {"eval": {"passkey": {"enabled": True, "trials": 20}}}) == ["eval.passkey.trials"]
+    assert config_differences(off, on) == ["eval.passkey.enabled", "eval.passkey.trials"]
+
+
 def test_the_recorded_rope_runs_of_two_studies_are_one_experiment():
     """extrapolation_cpu's rope run (recorded before the tokenizer, token-cache and task keys) and
     extension_variants' retraining of it, which gave the same numbers to every digit: the same

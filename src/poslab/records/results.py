@@ -152,6 +152,8 @@ def comparable_config(config: dict | None, ignore_seed: bool = True) -> dict:
     flat = flatten(config)
     if config and "model" in config:
         flat = {**{k: v for k, v in IMPLICIT_DEFAULTS.items() if k not in flat}, **flat}
+    if flat.get("eval.passkey.enabled") is False:  # its settings change nothing it computes
+        flat = {k: v for k, v in flat.items() if not k.startswith("eval.passkey.") or k == "eval.passkey.enabled"}
     added = IMPLICIT_ENCODING_DEFAULTS.get(flat.get("pos_enc._target_"), {})
     flat = {**{f"pos_enc.{k}": v for k, v in added.items() if f"pos_enc.{k}" not in flat}, **flat}
     return {k: v for k, v in flat.items() if not _is_label(k, ignore_seed)}
