@@ -773,8 +773,32 @@ def test_runs_at_several_step_counts_get_a_training_length_view(tmp_path):
     assert "| rope_pi on rope | 2.00x | 1.50x |" in lines
     assert "- 4 steps (2,048 tokens): alibi 1.10x, rope 2.00x, rope_pi on rope 2.00x" in view
     assert "- 8 steps (4,096 tokens): alibi 1.00x, rope_pi on rope 2.00x, rope 4.00x" in view
+    assert "- at 4x: the same order at every step count" in view
+    assert (
+        "- at 16x: still changes at the last step count; between 4 and 8 steps "
+        "rope and rope_pi on rope (2.00x, 2.00x -> 4.00x, 2.00x) swap" in view
+    )
     assert (tmp_path / "training_length.png").is_file()
     assert "![against training steps](training_length.png)" in view
+
+
+def test_the_training_length_view_says_from_which_step_count_the_order_holds(tmp_path):
+    """RoPE ahead of ALiBi at 16x after 2 steps, behind it after 4 and 8: settled from 4; a series
+    missing at one count is left out of the comparison and named."""
+    ratios_at_16x = {("rope", 2): 1.2, ("rope", 4): 2.0, ("rope", 8): 3.0, ("alibi", 2): 1.5, ("alibi", 4): 1.1}
+    ratios_at_16x |= {("alibi", 8): 1.0, ("learned", 4): 1.3, ("learned", 8): 1.4}
+    for (pos_enc, steps), ratio in ratios_at_16x.items():
+        job(
+            tmp_path,
+            f"{pos_enc}_{steps}",
+            pos_enc=pos_enc,
+            scores={16: 4.0, 64: 4.0 * ratio, 256: 4.0 * ratio},
+            settings={"trainer.max_steps": steps},
+            train={"steps": steps, "tokens": steps * 512},
+        )
+    view = write_report(tmp_path).path.read_text().split("## Training length")[1]
+    assert "- at 16x: the same order from 4 steps on (learned left out: not at every count)" in view
+    assert "- at 4x: the same order from 4 steps on (learned left out: not at every count)" in view
 
 
 def test_no_training_length_view_where_every_run_trained_as_long(tmp_path):

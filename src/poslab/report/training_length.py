@@ -118,7 +118,46 @@ def markdown_tables(series: list[Series], protocol: Protocol) -> list[str]:
         tokens = next((one.tokens(steps) for one in series if steps in one.rows and one.tokens(steps)), None)
         seen = f" ({tokens_text(tokens)})" if tokens else ""
         lines.append(f"- {steps} steps{seen}: " + ", ".join(f"{name} {ratio:.2f}x" for ratio, name in ranked))
+    lines += ["", "Where the order settles (the series with a ratio at every step count):", ""]
+    lines += [settling_line(series, protocol, multiple) for multiple in RATIO_MULTIPLES]
     return lines
+
+
+def settling_line(series: list[Series], protocol: Protocol, multiple: int) -> str:
+    """The shortest step count from which the order by ratio at `multiple` x no longer changes,
+    or, where it still changes at the last count, the pairs that swap there. Exact order of the
+    means: whether a swap is larger than the seed-to-seed spread is for the reader to judge."""
+    counts = sorted({steps for one in series for steps in one.rows})
+    ratios = {
+        one.name: [ratio_at(one.rows[steps], protocol, multiple) if steps in one.rows else None for steps in counts]
+        for one in series
+    }
+    compared = {name: values for name, values in ratios.items() if None not in values}
+    left_out = sorted(set(ratios) - set(compared))
+    apart = f" ({', '.join(left_out)} left out: not at every count)" if left_out else ""
+    if len(compared) < 2 or len(counts) < 2:
+        return f"- at {multiple}x: fewer than two series at every step count{apart}"
+    orders = [tuple(sorted(compared, key=lambda name, at=at: compared[name][at])) for at in range(len(counts))]
+    settled = len(counts) - 1
+    while settled > 0 and orders[settled - 1] == orders[-1]:
+        settled -= 1
+    if settled == 0:
+        return f"- at {multiple}x: the same order at every step count{apart}"
+    if settled < len(counts) - 1:
+        return f"- at {multiple}x: the same order from {counts[settled]} steps on{apart}"
+    before, last = orders[-2], orders[-1]
+    pair = lambda a, b, at: f"{compared[a][at]:.2f}x, {compared[b][at]:.2f}x"  # noqa: E731
+    swaps = [
+        f"{a} and {b} ({pair(a, b, -2)} -> {pair(a, b, -1)})"
+        for i, a in enumerate(before)
+        for b in before[i + 1 :]
+        if last.index(a) > last.index(b)
+    ]
+    return (
+        f"- at {multiple}x: still changes at the last step count; between {counts[-2]} and {counts[-1]} steps "
+        + "; ".join(swaps)
+        + f" swap{apart}"
+    )
 
 
 def plot_training_length(series: list[Series], protocols: list[Protocol], path: Path) -> None:
