@@ -14,25 +14,18 @@ shift || true
 parts=("${@:-1 2 3 4 5}")
 read -r -a parts <<< "${parts[*]}"
 declare -A encodings=([1]=rope,alibi [2]=nope,sinusoidal [3]=t5_bias,kerple [4]=xpos,irope [5]=fox,cope)
-variants='[rope_pi,rope_ntk,rope_yarn,rope_llama3]'
-# the axis's own scoring (experiment=training_length_cpu): poslab-eval's defaults are others
-axis_eval=("eval.protocols=[nonoverlapping,sliding]" eval.stride=64 eval.num_tokens=16384 eval.passkey.enabled=false)
+source "$(dirname "$0")/score_variants.sh"
+for part in "${parts[@]}"; do  # every part named is checked before any runs
+  [ -n "${encodings[$part]:-}" ] || { echo "unknown part $part: allowed 1 2 3 4 5"; exit 2; }
+done
 start=$(date +%s)
 status=0
 for part in "${parts[@]}"; do
-  [ -n "${encodings[$part]:-}" ] || { echo "unknown part $part: allowed 1 2 3 4 5"; exit 2; }
   t0=$(date +%s)
   poslab-train -m experiment=training_length_cpu "pos_enc=${encodings[$part]}" logger=csv \
     hydra.sweep.dir="$out/part$part" || status=1
   echo "part $part (${encodings[$part]}): $(( $(date +%s) - t0 )) s"
-  for checkpoint in "$out/part$part"/*_rope_*steps_s0/checkpoints/last.ckpt; do
-    [ -f "$checkpoint" ] || continue
-    run=$(basename "$(dirname "$(dirname "$checkpoint")")")
-    folder="$out/variants/$run"
-    [ -f "$folder/results.json" ] && continue
-    poslab-eval ckpt_path="$checkpoint" "eval.variants=$variants" "${axis_eval[@]}" logger=csv \
-      hydra.run.dir="$folder" || status=1
-  done
+  score_rope_variants "$out/part$part" "$out/variants"
 done
 poslab-report "$out" --html || status=1
 echo "total $(( $(date +%s) - start )) s (exit $status)"

@@ -8,6 +8,8 @@ import pytest
 
 from helpers import ENCODINGS, TINY, run_train
 from poslab.commands.report import main as report_main
+from poslab.records.results import config_differences
+from poslab.report.markdown import write_report
 from poslab.records.results import find_results, read_results
 
 
@@ -103,3 +105,27 @@ def test_the_training_length_sweep_lays_each_encoding_out_against_its_steps(tmp_
     assert "### Protocol sliding (stride 8)" in view and "| encoding | 2 steps | 4 steps |" in view
     assert re.search(r"\| alibi \| [\d.]+x \| [\d.]+x \|", view)
     assert (sweep / "training_length.png").stat().st_size > 1000
+
+
+def test_the_converged_study_takes_the_axis_run_as_its_seed_0(tmp_path, text_corpus):
+    """experiment=lm_converged is the axis at one step count with more seeds: the axis's seed-0
+    job and the study's seed-1 job differ in nothing but labels and the seed, and a report over
+    both folders (as experiments/lm_converged/run.sh lays them out) makes them one row of two seeds."""
+    overrides = [o for o in TINY if not o.startswith(("eval.lengths_x=", "logger="))]
+    common = ["pos_enc=rope", "trainer.max_steps=2", "trainer.val_check_interval=2", "data=text_files"]
+    common += [f"data.corpus.train={text_corpus}/*.txt", *overrides, "eval.lengths_x=[1,4]", "eval.stride=8"]
+    common += ["logger=csv"]
+    for experiment, seed, folder in (("training_length_cpu", 0, "axis"), ("lm_converged", 1, "part1")):
+        run_train(
+            ["-m", f"experiment={experiment}", f"seed={seed}", *common, f"hydra.sweep.dir={tmp_path / folder}"],
+            cwd=tmp_path,
+            WANDB_MODE="disabled",
+        )
+    (axis,) = [read_results(p) for p in find_results(tmp_path / "axis")]
+    (converged,) = [read_results(p) for p in find_results(tmp_path / "part1")]
+    assert Path(converged["run"]["output_dir"]).name == "0_rope_s1"
+    assert converged["config"]["tags"] != axis["config"]["tags"]  # labelled by their own experiments
+    assert config_differences(axis["config"], converged["config"]) == []
+    report = write_report(tmp_path)
+    (row,) = [row for row in report.rows if row.label == "rope"]
+    assert sorted(run.seed for run in row.runs) == [0, 1]
