@@ -8,9 +8,8 @@ import pytest
 
 from helpers import ENCODINGS, TINY, run_train
 from poslab.commands.report import main as report_main
-from poslab.records.results import config_differences
+from poslab.records.results import config_differences, find_results, read_results
 from poslab.report.markdown import write_report
-from poslab.records.results import find_results, read_results
 
 
 def test_multirun_over_all_encodings(tmp_path, text_corpus):
