@@ -15,16 +15,13 @@ out=${1:-outputs/lm_converged}
 shift || true
 parts=("${@:-1 2 3 4 5}")
 read -r -a parts <<< "${parts[*]}"
-declare -A encodings=([1]=rope,alibi [2]=nope,sinusoidal [3]=t5_bias,kerple [4]=xpos,irope [5]=fox,cope)
 # the step count is the experiment's; the axis's record of seed 0 is read at that count
 steps=$(sed -n 's/^ *trainer\.max_steps: *\([0-9][0-9]*\).*/\1/p' conf/experiment/lm_converged.yaml)
 axis=experiments/training_length_cpu/runs
 seeds=1,2
 [ "${SEED0:-copy}" = train ] && seeds=0,1,2
 source experiments/training_length_cpu/score_variants.sh
-for part in "${parts[@]}"; do  # every part named is checked before any runs
-  [ -n "${encodings[$part]:-}" ] || { echo "unknown part $part: allowed 1 2 3 4 5"; exit 2; }
-done
+check_parts "${parts[@]}"
 start=$(date +%s)
 status=0
 for part in "${parts[@]}"; do

@@ -13,11 +13,8 @@ out=${1:-outputs/training_length_cpu}
 shift || true
 parts=("${@:-1 2 3 4 5}")
 read -r -a parts <<< "${parts[*]}"
-declare -A encodings=([1]=rope,alibi [2]=nope,sinusoidal [3]=t5_bias,kerple [4]=xpos,irope [5]=fox,cope)
 source "$(dirname "$0")/score_variants.sh"
-for part in "${parts[@]}"; do  # every part named is checked before any runs
-  [ -n "${encodings[$part]:-}" ] || { echo "unknown part $part: allowed 1 2 3 4 5"; exit 2; }
-done
+check_parts "${parts[@]}"
 start=$(date +%s)
 status=0
 for part in "${parts[@]}"; do
