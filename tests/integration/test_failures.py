@@ -267,6 +267,25 @@ def test_resume_after_sigkill_ends_with_the_same_numbers(tmp_path, text_corpus):
     print(f"killed after step {step}; final train/val loss {b['train']['train_loss']} / {b['train']['val_loss']}")
 
 
+def test_a_run_killed_while_scoring_resumes_at_its_last_step_with_no_speed(tmp_path, text_corpus):
+    """A run killed after its last step but before results.json (while scoring) resumes at that
+    step, trains nothing, and scores: it has no training speed of its own, rather than 0 tokens/s."""
+    log_dir = tmp_path / "logs"
+    trained = run_module([*tiny_train_args(text_corpus, log_dir), "trainer.max_steps=4"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run_dir,) = (log_dir / "runs").iterdir()
+    first = read_results(run_dir / "results.json")
+    assert first["train"]["tokens_per_s"] > 0
+    (run_dir / "results.json").unlink()  # as if killed while scoring
+
+    resumed = run_module([f"resume={run_dir}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = read_results(run_dir / "results.json")
+    assert again["run"]["resumed_from_step"] == again["train"]["steps"] == 4
+    assert again["train"]["tokens_per_s"] is None
+    assert [r["loss"] for r in again["extrapolation"]] == [r["loss"] for r in first["extrapolation"]]
+
+
 def test_resume_refuses_other_overrides(monkeypatch, capfd, tmp_path):
     status = run_console(monkeypatch, cli.train_main, f"resume={tmp_path}", "seed=3")
     assert status == 2

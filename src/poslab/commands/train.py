@@ -258,9 +258,10 @@ def train(cfg: DictConfig) -> dict | None:
         train = {
             "steps": steps,
             unit: steps * per_step,
-            # this attempt's time and speed (a resumed run: since the resume)
+            # this attempt's time and speed (a resumed run: since the resume; none for a run
+            # resumed at its last step, killed while scoring: it trained nothing this time)
             "wall_time_s": round(wall_time, 2),
-            f"{unit}_per_s": round(trained / wall_time, 1) if wall_time > 0 else None,
+            f"{unit}_per_s": round(trained / wall_time, 1) if wall_time > 0 and trained > 0 else None,
             "parameters": lit.model.num_parameters(),
             "train_loss": metrics.get("train/loss"),
             "val_loss": metrics.get("val/loss"),
