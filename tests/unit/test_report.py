@@ -431,9 +431,12 @@ def test_job_folders_without_results_are_listed(tmp_path, capsys):
 
 def test_reused_and_resumed_jobs_are_listed(tmp_path):
     job(tmp_path, "0_rope_s0", run={"reused_at": ["2026-11-29T10:00:00+00:00", "2026-11-30T09:00:00+00:00"]})
-    job(tmp_path, "1_alibi_s0", pos_enc="alibi", run={"resumed_from_step": 100})
+    job(tmp_path, "1_alibi_s0", pos_enc="alibi", run={"resumed_from_step": 100}, train={"wall_time_s": 0.1})
+    job(tmp_path, "2_rope_s1", seed=1, train={"wall_time_s": 40.0})
 
     text = write_report(tmp_path).path.read_text()
+
+    assert "- training time per run: 40 s\n" in text  # not the resumed attempt's 0.1 s
 
     assert (
         "## Reused and resumed jobs\n"

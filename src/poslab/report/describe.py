@@ -105,7 +105,12 @@ def describe_setup(rows: list[Row]) -> list[str]:
     if not_measured:
         lines[0] += f"; {not_measured} failed or diverged (see Problems)"
     lines += [line for name, figure in SETUP_FIGURES if (line := figure_line(name, figure, described))]
-    train_times = [run.train["wall_time_s"] for run in runs if run.job == "train" and run.train.get("wall_time_s")]
+    # a resumed run's wall time counts only the attempt since its resume
+    train_times = [
+        run.train["wall_time_s"]
+        for run in runs
+        if run.job == "train" and run.train.get("wall_time_s") and run.info.get("resumed_from_step") is None
+    ]
     if train_times:
         low, high = min(train_times), max(train_times)
         spread = f"{low:.0f} s" if round(low) == round(high) else f"{low:.0f} to {high:.0f} s"
